@@ -1,0 +1,3 @@
+from regcache.cli import main
+
+raise SystemExit(main())
