@@ -1,0 +1,1 @@
+"""Talking to upstream registries. Knows nothing of serving (no aiohttp.web here)."""

@@ -1,0 +1,226 @@
+"""An in-process upstream registry (aiohttp) for faults a real registry cannot produce.
+
+Holds blobs and manifests in dicts, records every request, and has knobs per blob digest
+or manifest reference: a status to answer (429 with Retry-After, 5xx), a truncated,
+corrupt or over-long body, slow chunks, a stall, a dropped connection, a redirect to a
+second "CDN" app. Optional Bearer auth with its own token endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Fault:
+    status: int | None = None          # answer this status instead
+    retry_after: str | None = None
+    truncate_at: int | None = None     # send only this many bytes, then drop the connection
+    corrupt: bool = False              # flip a byte in the middle
+    extra_bytes: int = 0               # append this many bytes beyond the blob
+    chunk_delay: float = 0.0           # sleep between chunks
+    stall_after: int | None = None     # after this many bytes, stop sending (until cancelled)
+    times: int | None = None           # apply to this many requests, then behave (None = always)
+
+    def use(self) -> bool:
+        if self.times is None:
+            return True
+        if self.times <= 0:
+            return False
+        self.times -= 1
+        return True
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+
+
+@dataclass
+class FakeRegistry:
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    manifests: dict[tuple[str, str], tuple[bytes, str]] = field(default_factory=dict)
+    faults: dict[str, Fault] = field(default_factory=dict)
+    requests: list[Recorded] = field(default_factory=list)
+    require_auth: bool = False
+    token_requests: int = 0
+    token_fault: Fault | None = None
+    token_body: bytes | None = None     # answer this instead of a token (garbage)
+    redirect_base: str | None = None    # blob GETs answer 307 to <redirect_base>/<digest>
+    chunk_size: int = 64 * 1024
+    base_url: str = ""
+
+    # -- content ------------------------------------------------------------------------
+    def add_blob(self, data: bytes) -> str:
+        digest = sha256(data)
+        self.blobs[digest] = data
+        return digest
+
+    def add_manifest(self, repo: str, tag: str | None, body: bytes, media_type: str) -> str:
+        digest = sha256(body)
+        self.manifests[(repo, digest)] = (body, media_type)
+        if tag:
+            self.manifests[(repo, tag)] = (body, media_type)
+        return digest
+
+    def add_image(self, repo: str, tag: str, layers: list[bytes]) -> dict[str, object]:
+        """A schema2 image with these layer bytes; returns its digests."""
+        config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode()
+        config_digest = self.add_blob(config)
+        layer_digests = [self.add_blob(layer) for layer in layers]
+        manifest = json.dumps({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                       "size": len(config), "digest": config_digest},
+            "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                        "size": len(layer), "digest": d} for layer, d in zip(layers, layer_digests)],
+        }).encode()
+        digest = self.add_manifest(repo, tag, manifest, "application/vnd.docker.distribution.manifest.v2+json")
+        return {"manifest": digest, "config": config_digest, "layers": layer_digests}
+
+    # -- counting -----------------------------------------------------------------------
+    def count(self, method: str | None = None, contains: str = "") -> int:
+        return sum(1 for r in self.requests
+                   if (method is None or r.method == method) and contains in r.path)
+
+    # -- the app ------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/token", self._token)
+        app.router.add_route("*", "/v2/", self._base)
+        app.router.add_route("*", "/v2/{name:.+}/manifests/{ref}", self._manifest)
+        app.router.add_route("*", "/v2/{name:.+}/blobs/{digest}", self._blob)
+        app.router.add_route("*", "/v2/{name:.+}/tags/list", self._tags)
+        app.router.add_route("*", "/cdn/{digest}", self._cdn)
+        return app
+
+    def _record(self, request: web.Request) -> None:
+        self.requests.append(Recorded(request.method, request.path, request.query_string, dict(request.headers)))
+
+    def _challenge(self, request: web.Request, repo: str) -> web.Response | None:
+        if not self.require_auth or request.headers.get("Authorization") == "Bearer good-token":
+            return None
+        realm = f"{self.base_url}/token"
+        return web.json_response(
+            {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}, status=401,
+            headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="fake",scope="repository:{repo}:pull"'})
+
+    async def _token(self, request: web.Request) -> web.StreamResponse:
+        self._record(request)
+        self.token_requests += 1
+        if self.token_fault and self.token_fault.use() and self.token_fault.status:
+            return web.Response(status=self.token_fault.status)
+        if self.token_body is not None:
+            return web.Response(body=self.token_body, content_type="application/json")
+        return web.json_response({"token": "good-token", "expires_in": 300})
+
+    async def _base(self, request: web.Request) -> web.StreamResponse:
+        self._record(request)
+        return self._challenge(request, "") or web.json_response({})
+
+    async def _tags(self, request: web.Request) -> web.StreamResponse:
+        self._record(request)
+        repo = request.match_info["name"]
+        tags = sorted(ref for (r, ref) in self.manifests if r == repo and ":" not in ref)
+        if not tags:
+            return web.json_response({"errors": [{"code": "NAME_UNKNOWN", "message": "x"}]}, status=404)
+        return web.json_response({"name": repo, "tags": tags})
+
+    async def _manifest(self, request: web.Request) -> web.StreamResponse:
+        self._record(request)
+        repo, ref = request.match_info["name"], request.match_info["ref"]
+        denied = self._challenge(request, repo)
+        if denied:
+            return denied
+        fault = self.faults.get(ref)
+        if fault and fault.use() and fault.status:
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            return web.json_response({"errors": [{"code": "UNKNOWN", "message": "fault"}]},
+                                     status=fault.status, headers=headers)
+        found = self.manifests.get((repo, ref))
+        if found is None:
+            return web.json_response({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "x"}]}, status=404)
+        body, media_type = found
+        headers = {"Docker-Content-Digest": sha256(body), "Content-Type": media_type}
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(len(body))
+            return web.Response(headers=headers)
+        return web.Response(body=body, headers=headers)
+
+    async def _blob(self, request: web.Request) -> web.StreamResponse:
+        self._record(request)
+        repo, digest = request.match_info["name"], request.match_info["digest"]
+        denied = self._challenge(request, repo)
+        if denied:
+            return denied
+        if digest not in self.blobs:
+            return web.json_response({"errors": [{"code": "BLOB_UNKNOWN", "message": "x"}]}, status=404)
+        if self.redirect_base and request.method == "GET":
+            return web.Response(status=307, headers={"Location": f"{self.redirect_base}/cdn/{digest}"})
+        return await self._send_blob(request, digest)
+
+    async def _cdn(self, request: web.Request) -> web.StreamResponse:
+        self._record(request)
+        if "Authorization" in request.headers:
+            return web.Response(status=400, text="Only one auth mechanism allowed")
+        digest = request.match_info["digest"]
+        if digest not in self.blobs:
+            return web.Response(status=404)
+        return await self._send_blob(request, digest)
+
+    async def _send_blob(self, request: web.Request, digest: str) -> web.StreamResponse:
+        data = self.blobs[digest]
+        fault = self.faults.get(digest)
+        if fault and not fault.use():
+            fault = None
+        if fault and fault.status:
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            return web.json_response({"errors": [{"code": "UNKNOWN", "message": "fault"}]},
+                                     status=fault.status, headers=headers)
+        start = 0
+        rng = request.headers.get("Range")
+        if rng and rng.startswith("bytes=") and rng.endswith("-"):
+            start = int(rng[6:-1])
+        body = data
+        if fault and fault.corrupt:
+            middle = len(body) // 2
+            body = body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1:]
+        if fault and fault.extra_bytes:
+            body = body + b"x" * fault.extra_bytes
+        response = web.StreamResponse(status=206 if start else 200)
+        # The announced size is the real one, except when the fault is an over-long body.
+        response.content_length = len(body) - start
+        if start:
+            response.headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        response.headers["Docker-Content-Digest"] = digest
+        await response.prepare(request)
+        if request.method == "HEAD":
+            return response
+        sent = 0
+        for offset in range(start, len(body), self.chunk_size):
+            chunk = body[offset:offset + self.chunk_size]
+            if fault and fault.stall_after is not None and sent >= fault.stall_after:
+                await asyncio.sleep(3600)
+            if fault and fault.truncate_at is not None and sent + len(chunk) > fault.truncate_at:
+                await response.write(chunk[: fault.truncate_at - sent])
+                assert request.transport is not None
+                request.transport.close()
+                return response
+            await response.write(chunk)
+            sent += len(chunk)
+            if fault and fault.chunk_delay:
+                await asyncio.sleep(fault.chunk_delay)
+        return response
