@@ -1,0 +1,77 @@
+"""Shared fixtures. The logic lives in tests/support; this file only wires it to pytest.
+
+- hub_upstream / ghcr_upstream: the real upstream registries (distribution 2.8 with
+  Hub-like / ghcr-like token auth and blob redirects to a CDN), started once per
+  session and seeded (see tests/support/seed.py). Each test gets them running, with
+  request counters reset at its start.
+- plain_upstream: the hub catalog on a registry without auth and without redirects
+  (benchmarks, and the `registry:2` proxy-mode baseline).
+- loopback_env: environment for real clients that can never reach the internet.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.support.realupstream import start_upstream
+
+_UPSTREAM_FIXTURES = {"hub_upstream", "ghcr_upstream", "plain_upstream"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _UPSTREAM_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_upstream)
+
+
+@pytest.fixture(scope="session")
+def hub_upstream_session(tmp_path_factory):
+    with start_upstream(tmp_path_factory.mktemp("hub-upstream"), flavor="hub") as upstream:
+        yield upstream
+
+
+@pytest.fixture(scope="session")
+def ghcr_upstream_session(tmp_path_factory):
+    with start_upstream(tmp_path_factory.mktemp("ghcr-upstream"), flavor="ghcr") as upstream:
+        yield upstream
+
+
+@pytest.fixture(scope="session")
+def plain_upstream_session(tmp_path_factory):
+    with start_upstream(tmp_path_factory.mktemp("plain-upstream"), flavor="hub",
+                        auth=False, redirect=False) as upstream:
+        yield upstream
+
+
+def _fresh(upstream):
+    # A previous test may have stopped the registry or the CDN; start from a known state.
+    upstream.ensure_running()
+    upstream.reset_counts()
+    return upstream
+
+
+@pytest.fixture
+def hub_upstream(hub_upstream_session):
+    return _fresh(hub_upstream_session)
+
+
+@pytest.fixture
+def ghcr_upstream(ghcr_upstream_session):
+    return _fresh(ghcr_upstream_session)
+
+
+@pytest.fixture
+def plain_upstream(plain_upstream_session):
+    return _fresh(plain_upstream_session)
+
+
+@pytest.fixture
+def loopback_env() -> dict[str, str]:
+    """os.environ with proxies that make any non-loopback request fail at once."""
+    env = dict(os.environ)
+    for key in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        env[key] = "http://127.0.0.1:9"
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
