@@ -44,9 +44,11 @@ app.kubernetes.io/part-of: regcache
 {{- printf "%s-%s" $base .key }}
 {{- end }}
 
-{{/* CronJob names must stay within 52 characters (the controller appends an 11-character suffix to Jobs). */}}
+{{/* <fullname>-<key>-gc within 52 characters (the controller appends an 11-character suffix to Jobs);
+the base is cut, never the key, so two mirrors never share a name. Args: root, key. */}}
 {{- define "regcache.gcName" -}}
-{{- printf "%s-gc" (include "regcache.mirrorName" . | trunc 49 | trimSuffix "-") }}
+{{- $base := include "regcache.fullname" .root | trunc (int (sub 48 (len .key))) | trimSuffix "-" }}
+{{- printf "%s-%s-gc" $base .key }}
 {{- end }}
 
 {{- define "regcache.mirrorLabels" -}}
