@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import http.client
 import io
 import json
 import re
@@ -211,8 +212,6 @@ async def test_ghcr_flavor_denies_private_and_unknown_and_omits_expires_in(ghcr_
 
 
 def test_access_log_counts_each_request_since_the_reset(hub_upstream):
-    import http.client
-
     token = hub_upstream.token("library/hello")
     conn = http.client.HTTPConnection("127.0.0.1", hub_upstream.port)
     headers = {"Authorization": f"Bearer {token}", "Accept": DOCKER_MANIFEST}
@@ -247,6 +246,22 @@ async def test_retag_points_the_tag_at_a_new_digest(hub_upstream):
                                headers={"Authorization": f"Bearer {token}",
                                         "Accept": DOCKER_MANIFEST}) as r:
             assert r.status == 200
+
+
+def test_delete_makes_the_tag_unknown(hub_upstream):
+    ref = "library/deleteme:latest"
+    image = hub_upstream.retag(ref)
+    hub_upstream.delete(ref)
+    assert ref not in hub_upstream.images
+    conn = http.client.HTTPConnection("127.0.0.1", hub_upstream.port)
+    token = hub_upstream.token("library/deleteme")
+    for target in ("latest", image.digest):
+        conn.request("GET", f"/v2/library/deleteme/manifests/{target}",
+                     headers={"Authorization": f"Bearer {token}", "Accept": DOCKER_MANIFEST})
+        resp = conn.getresponse()
+        assert resp.status == 404
+        assert json.loads(resp.read())["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+    conn.close()
 
 
 async def test_stop_and_start_keep_port_and_content(hub_upstream):

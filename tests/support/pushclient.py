@@ -46,6 +46,20 @@ class Pusher:
             conn.close()
         return image.digest
 
+    def delete_manifest(self, repo: str, digest: str) -> None:
+        """DELETE a manifest by digest (distribution 2.8 cannot delete a bare tag; deleting
+        the manifest removes every tag that points at it)."""
+        conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=60)
+        try:
+            token = self._token_for(repo)
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            status, _, body = self._request(conn, "DELETE", f"/v2/{repo}/manifests/{digest}",
+                                            headers)
+        finally:
+            conn.close()
+        if status != 202:
+            raise PushError(f"delete {repo}@{digest}: {status} {body[:300]!r}")
+
     def _request(self, conn: http.client.HTTPConnection, method: str, url: str,
                  headers: dict[str, str], body: bytes | None = None
                  ) -> tuple[int, http.client.HTTPMessage, bytes]:

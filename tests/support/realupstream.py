@@ -192,6 +192,16 @@ class RealUpstream:
         self.push(ref, image)
         return image
 
+    def delete(self, ref: str) -> None:
+        """Delete the manifest `repo:tag` points at; the tag (and any other tag on the
+        same manifest) then answers 404 MANIFEST_UNKNOWN. Blobs stay."""
+        repo, _, _ = ref.rpartition(":")
+        image = self.images.pop(ref)
+        Pusher(self.registry.port, self._push_token).delete_manifest(repo, image.digest)
+        for other, img in list(self.images.items()):
+            if other.startswith(repo + ":") and img.digest == image.digest:
+                del self.images[other]
+
     async def apush(self, ref: str, image: Image | Index) -> str:
         return await asyncio.to_thread(self.push, ref, image)
 
@@ -201,7 +211,7 @@ class RealUpstream:
     def _push_token(self, repo: str) -> str | None:
         if self.signer is None:
             return None
-        return self.signer.mint("seeder", [Access(name=repo, actions=("pull", "push"))])
+        return self.signer.mint("seeder", [Access(name=repo, actions=("pull", "push", "delete"))])
 
     def token(self, repo: str, actions: tuple[str, ...] = ("pull",)) -> str | None:
         """A valid bearer token minted directly (no token-server request is counted)."""

@@ -164,6 +164,11 @@ class RegistryProcess:
                 stdout=out, stderr=err, env=env, start_new_session=True)
         try:
             wait_http(self.port, "/v2/", proc=self._proc)
+            # If another process took the port first, it may have answered the poll while
+            # ours was failing to bind; a failed bind exits within milliseconds.
+            time.sleep(0.05)
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"{REGISTRY_BIN} exited with {self._proc.returncode}")
         except (RuntimeError, TimeoutError) as exc:
             self.stop()
             raise RuntimeError(f"{exc}; see {self.stderr_path}: {self._stderr_tail()}") from None
