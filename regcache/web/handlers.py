@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from regcache.errors import RegistryError
 from regcache.fill import FillAborted
@@ -98,10 +99,19 @@ async def blob(request: web.Request, state: AppState, target: Target) -> web.Str
                "Content-Type": "application/octet-stream", "Cache-Control": "max-age=31536000"}
     if isinstance(found, LocalBlob):
         request["cache_result"] = "HIT"
-        # FileResponse: sendfile, Range (validated above), HEAD and conditional requests.
-        return web.FileResponse(found.path, headers=headers)
+        return BlobFileResponse(found.path, headers=headers)
     request["cache_result"] = found.cache_result
     return await _stream_blob(request, found, byte_range, headers)
+
+
+class BlobFileResponse(web.FileResponse):
+    """aiohttp's FileResponse (sendfile, Range validated above, HEAD, conditionals), made
+    safe to prepare twice: the middleware sends responses itself to log their real size."""
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return None
+        return await super().prepare(request)
 
 
 async def _stream_blob(request: web.Request, found: RemoteBlob, byte_range: tuple[int, int] | None,
