@@ -281,6 +281,26 @@ async def test_stop_and_start_keep_port_and_content(hub_upstream):
     assert digest == hub_upstream.image("library/hello:latest").digest
 
 
+async def test_cdn_and_token_service_can_fail_and_are_restored(hub_upstream):
+    digest = hub_upstream.image("library/hello:latest").config_digest
+    bearer = {"Authorization": f"Bearer {hub_upstream.token('library/hello')}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{hub_upstream.url}/v2/library/hello/blobs/{digest}",
+                               headers=bearer, allow_redirects=False) as r:
+            location = r.headers["Location"]
+        hub_upstream.cdn.stop()
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await session.get(location)
+        hub_upstream.token_server.failure_status = 503
+        async with session.get(hub_upstream.realm, params={"service": hub_upstream.service}) as r:
+            assert r.status == 503
+        hub_upstream.ensure_running()      # what the per-test fixture does first
+        async with session.get(location) as r:
+            assert r.status == 200
+        async with session.get(hub_upstream.realm, params={"service": hub_upstream.service}) as r:
+            assert r.status == 200
+
+
 async def test_plain_upstream_has_no_auth_and_serves_blobs_itself(plain_upstream):
     layers = plain_upstream.image("library/layers:latest")
     async with aiohttp.ClientSession() as session:

@@ -5,6 +5,17 @@ One RealUpstream is three servers on 127.0.0.1:
   registry   docker-registry (distribution 2.8) subprocess: `url`, `port`
   token      the token service (thread): `realm`, `service`       [auth=True]
   cdn        the redirect target (thread): `cdn.url`               [redirect=True]
+
+What distribution 2.8 does that a cache must cope with (seen against this fixture):
+- Blob GET *and HEAD* answer 307 to the CDN; the 307 to a HEAD carries no
+  Content-Length or Docker-Content-Digest. The Location has no signature or expiry.
+- A manifest GET by tag without an Accept naming the manifest-list type gets the
+  linux/amd64 image converted on the fly to a signed schema1 manifest (a different
+  digest); an OCI index or OCI manifest without its type in Accept is a 404
+  MANIFEST_UNKNOWN ("OCI index found, but accept header does not support OCI indexes").
+  So always send the full Accept list upstream.
+- Unknown or private repositories: 401 insufficient_scope (hub flavor, like Docker Hub),
+  or 403 DENIED from the token endpoint (ghcr flavor, like ghcr.io); never a 404.
 """
 
 from __future__ import annotations
