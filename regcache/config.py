@@ -164,11 +164,19 @@ _LISTS = ("upstreams", "listeners")
 def load_settings(path: str | os.PathLike[str] | None = None,
                   environ: Mapping[str, str] | None = None) -> Settings:
     """Load the YAML file (or the built-in default), apply REGCACHE_* overrides, validate."""
+    from regcache import registry2  # imports this module
+
     environ = os.environ if environ is None else environ
     path = path or environ.get("REGCACHE_CONFIG") or None
-    raw: dict[str, Any] = copy.deepcopy(DEFAULTS)
-    if path is not None:
-        raw.update(_read_yaml(Path(path)))
+    data = _read_yaml(Path(path)) if path is not None else {}
+    # A registry:2 config file, or no file and REGISTRY_PROXY_REMOTEURL: read it as distribution would.
+    if registry2.looks_like_registry2(data) or (not data and registry2.env_selects_registry2(environ)):
+        raw, environ = registry2.convert(data, environ)
+    else:
+        raw = copy.deepcopy(DEFAULTS)
+        raw.update(data)
+        if stray := registry2.stray_env(environ):
+            raw["_warnings"] = [f"{', '.join(stray)}: ignored (the config is in regcache's format)"]
     apply_env_overrides(raw, environ)
     return build_settings(raw, environ)
 
@@ -222,7 +230,7 @@ def _section(raw: dict[str, Any], name: str, allowed: set[str]) -> dict[str, Any
 
 def build_settings(raw: dict[str, Any], environ: Mapping[str, str]) -> Settings:
     """Validate a raw mapping into Settings; every error names its key."""
-    unknown = set(raw) - set(_SECTIONS) - set(_LISTS)
+    unknown = set(raw) - set(_SECTIONS) - set(_LISTS) - {"_warnings"}
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown top-level key")
     storage = _section(raw, "storage", {"root"})
