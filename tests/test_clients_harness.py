@@ -125,6 +125,18 @@ async def test_skopeo_mirror_mode_docker_io_and_ghcr(rec, imgs, tmp_path):
     assert all("ns" not in r.query for r in rec.requests)
 
 
+async def test_skopeo_one_mirror_port_per_registry(mirror, rec, imgs, tmp_path):
+    # c/image sends no ns: against regcache each registry needs its own
+    # listener, so the harness takes registry -> mirror host.
+    async with RecordingProxy(mirror.url) as rec_ghcr:
+        sk = Skopeo(tmp_path / "sk", {"docker.io": rec.host, "ghcr.io": rec_ghcr.host})
+        assert await sk.inspect_digest("docker://ghcr.io/org/multi:latest") == imgs.gmulti.digest
+        assert await sk.inspect_digest("docker://docker.io/library/multi:latest") == imgs.multi.digest
+    assert "/v2/org/multi/manifests/latest" in rec_ghcr.paths()
+    assert "/v2/library/multi/manifests/latest" in rec.paths()
+    assert not any(p.startswith("/v2/org/") for p in rec.paths())
+
+
 async def test_skopeo_single_platform_and_override_arch(rec, imgs, tmp_path):
     sk = Skopeo(tmp_path / "sk", rec.host)
     ref = sk.direct_ref("library/multioci:latest")

@@ -28,10 +28,12 @@ from typing import Self
 from .client_cgroup import remove_cgroup
 from .client_proc import (
     Daemon,
+    Mirrors,
     Result,
     client_env,
     isolated_argv,
     mirror_host,
+    mirror_map,
     remove_dir,
     run,
     short_dir,
@@ -48,11 +50,12 @@ def hosts_toml(mirror: str, server: str = CLOSED_SERVER) -> str:
             '  capabilities = ["pull", "resolve"]\n')
 
 
-def write_hosts_dir(hosts_dir: Path, mirror: str, registries: tuple[str, ...],
+def write_hosts_dir(hosts_dir: Path, mirrors: dict[str, str],
                     server: str = CLOSED_SERVER) -> None:
-    for reg in registries:
+    """<hosts_dir>/<registry>/hosts.toml for each registry -> mirror host."""
+    for reg, host in mirrors.items():
         (hosts_dir / reg).mkdir(parents=True, exist_ok=True)
-        (hosts_dir / reg / "hosts.toml").write_text(hosts_toml(mirror, server))
+        (hosts_dir / reg / "hosts.toml").write_text(hosts_toml(host, server))
 
 
 def config_toml(d: Path, run_dir: Path, level: str = "info") -> str:
@@ -78,12 +81,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
 class Containerd:
     """Async context manager: a private containerd plus `ctr` helpers."""
 
-    def __init__(self, workdir: Path, mirror: str, *, namespace: str = "test",
-                 registries: tuple[str, ...] = ("docker.io", "ghcr.io"),
+    def __init__(self, workdir: Path, mirror: Mirrors, *, namespace: str = "test",
                  server: str = CLOSED_SERVER, snapshotter: str = "native",
                  timeout: float = 120) -> None:
+        """mirror: one "127.0.0.1:PORT" for docker.io and ghcr.io (told
+        apart by ?ns=), or a dict registry -> host:port."""
         self.workdir = workdir
-        self.mirror = mirror_host(mirror)
+        self.mirrors = mirror_map(mirror)
         self.namespace = namespace
         self.snapshotter = snapshotter
         self.timeout = timeout
@@ -92,7 +96,7 @@ class Containerd:
         self.cgroup_parent = f"regcache-test-{uuid.uuid4().hex[:12]}"
         self.hosts_dir = workdir / "hosts"
         workdir.mkdir(parents=True, exist_ok=True)
-        write_hosts_dir(self.hosts_dir, self.mirror, registries, server)
+        write_hosts_dir(self.hosts_dir, self.mirrors, server)
         self.config = workdir / "config.toml"
         self.config.write_text(config_toml(workdir, self.run_dir))
         self.env = client_env(workdir / "home")

@@ -24,10 +24,11 @@ from typing import Self
 
 from .client_cgroup import remove_cgroup
 from .client_proc import (
+    Mirrors,
     Result,
     client_env,
     isolated_argv,
-    mirror_host,
+    mirror_map,
     remove_dir,
     run,
     short_dir,
@@ -37,11 +38,11 @@ from .client_skopeo import POLICY, mirror_registries_conf
 
 
 class Podman:
-    def __init__(self, workdir: Path, mirror: str, *,
-                 mirror_prefixes: tuple[str, ...] = ("docker.io", "ghcr.io"),
-                 timeout: float = 120) -> None:
+    def __init__(self, workdir: Path, mirror: Mirrors, *, timeout: float = 120) -> None:
+        """mirror: "127.0.0.1:PORT" for docker.io and ghcr.io, or a dict
+        registry -> host:port (podman sends no ?ns=, like skopeo)."""
         self.workdir = workdir
-        self.mirror = mirror_host(mirror)
+        self.mirrors = mirror_map(mirror)
         self.timeout = timeout
         self.cgroup_parent = f"regcache-test-{uuid.uuid4().hex[:12]}"
         self.etc = workdir / "etc-containers"
@@ -49,7 +50,7 @@ class Podman:
         (self.etc / "registries.conf.d").mkdir(exist_ok=True)
         (self.etc / "policy.json").write_text(json.dumps(POLICY))
         self.registries_conf = self.etc / "registries.conf"
-        self.registries_conf.write_text(mirror_registries_conf(self.mirror, mirror_prefixes))
+        self.registries_conf.write_text(mirror_registries_conf(self.mirrors))
         self.etc_cni = workdir / "etc-cni"
         self.etc_cni.mkdir(exist_ok=True)
         for d in ("root", "tmp", "networks"):

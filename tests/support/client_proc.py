@@ -57,6 +57,21 @@ def mirror_host(mirror: str) -> str:
     return m
 
 
+Mirrors = str | dict[str, str]
+DEFAULT_REGISTRIES = ("docker.io", "ghcr.io")
+
+
+def mirror_map(mirror: Mirrors, registries: tuple[str, ...] = DEFAULT_REGISTRIES) -> dict[str, str]:
+    """registry -> mirror host:port. A single mirror serves every registry
+    (fine for containerd, whose requests carry ?ns=); a dict gives each
+    registry its own, e.g. {"docker.io": hub_port, "ghcr.io": ghcr_port}
+    for clients that send no ns (skopeo, podman) against a regcache with
+    one listener per upstream."""
+    if isinstance(mirror, str):
+        return dict.fromkeys(registries, mirror_host(mirror))
+    return {reg: mirror_host(m) for reg, m in mirror.items()}
+
+
 def client_env(home: Path, **extra: str) -> dict[str, str]:
     """Minimal environment for a real client: own HOME, dead proxies."""
     home.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,8 @@ Usage:
     res = await sk.copy_to_dir(sk.direct_ref("library/alpine:3"), tmp_path / "out")
     res.digest, res.content
     raw = await sk.inspect_raw("docker://docker.io/library/alpine:3")  # mirror mode
+    # skopeo sends no ?ns=: against regcache give each registry its listener
+    sk = Skopeo(tmp_path / "sk2", {"docker.io": hub_host, "ghcr.io": ghcr_host})
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import json
 import re
 from pathlib import Path
 
-from .client_proc import Result, client_env, isolated_argv, mirror_host, run
+from .client_proc import Mirrors, Result, client_env, isolated_argv, mirror_map, run
 from .client_result import PullResult
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -29,31 +31,33 @@ _HEX = re.compile(r"^[0-9a-f]{64}$")
 POLICY = {"default": [{"type": "insecureAcceptAnything"}]}
 
 
-def mirror_registries_conf(mirror: str, prefixes: tuple[str, ...] = ("docker.io",)) -> str:
-    """registries.conf that sends `prefix` pulls to an insecure (plain HTTP)
-    mirror first. The `location` stays the real registry; with the dead
-    proxy in the environment a fallback there fails locally."""
-    host = mirror_host(mirror)
+def mirror_registries_conf(mirror: Mirrors) -> str:
+    """registries.conf that sends each registry's pulls to an insecure (plain
+    HTTP) mirror first (`mirror`: see client_proc.mirror_map). The `location`
+    stays the real registry; with the dead proxy in the environment a
+    fallback there fails locally. c/image sends no ?ns=, so a mirror that
+    serves several registries needs one port per registry."""
     out = ['unqualified-search-registries = ["docker.io"]', 'short-name-mode = "permissive"', ""]
-    for p in prefixes:
-        out += ["[[registry]]", f'prefix = "{p}"', f'location = "{p}"',
+    for reg, host in mirror_map(mirror).items():
+        out += ["[[registry]]", f'prefix = "{reg}"', f'location = "{reg}"',
                 "[[registry.mirror]]", f'location = "{host}"', "insecure = true", ""]
     return "\n".join(out)
 
 
 class Skopeo:
-    def __init__(self, workdir: Path, mirror: str, *,
-                 mirror_prefixes: tuple[str, ...] = ("docker.io", "ghcr.io"),
-                 timeout: float = 120) -> None:
+    def __init__(self, workdir: Path, mirror: Mirrors, *, timeout: float = 120) -> None:
+        """mirror: "127.0.0.1:PORT" for docker.io and ghcr.io, or a dict
+        registry -> host:port. direct_ref() uses the docker.io one."""
         self.workdir = workdir
-        self.mirror = mirror_host(mirror)
+        self.mirrors = mirror_map(mirror)
+        self.mirror = self.mirrors.get("docker.io") or next(iter(self.mirrors.values()))
         self.timeout = timeout
         self.etc = workdir / "etc-containers"
         (self.etc / "registries.d").mkdir(parents=True, exist_ok=True)
         (self.etc / "registries.conf.d").mkdir(exist_ok=True)
         (self.etc / "policy.json").write_text(json.dumps(POLICY))
         self.registries_conf = self.etc / "registries.conf"
-        self.registries_conf.write_text(mirror_registries_conf(self.mirror, mirror_prefixes))
+        self.registries_conf.write_text(mirror_registries_conf(self.mirrors))
         self.authfile = workdir / "auth.json"
         self.authfile.write_text('{"auths": {}}')
         self.env = client_env(workdir / "home", REGISTRY_AUTH_FILE=str(self.authfile),
@@ -76,7 +80,8 @@ class Skopeo:
     def _tls(self, flag: str, ref: str) -> list[str]:
         # Direct refs to 127.0.0.1:PORT are plain HTTP; mirror-mode refs get
         # their "insecure" from registries.conf.
-        return [f"--{flag}=false"] if ref.startswith(f"docker://{self.mirror}/") else []
+        direct = any(ref.startswith(f"docker://{h}/") for h in self.mirrors.values())
+        return [f"--{flag}=false"] if direct else []
 
     async def copy(self, src: str, dest: str, *, all_: bool = True,
                    override_arch: str | None = None, preserve_digests: bool = False) -> Result:
