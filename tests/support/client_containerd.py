@@ -11,6 +11,12 @@ The daemon has its own root, state, grpc/ttrpc/debug sockets and opt dir,
 the CRI plugin disabled, and runs in a private mount namespace (its runc
 shims put sockets in the hard-coded /run/containerd/s).
 
+Wire (containerd 1.6.20, measured): no /v2/ ping; HEAD by tag with ONE
+Accept line "<docker v2>, <docker list>, <oci manifest>, <oci index>, */*";
+GET by digest with "Accept: <descriptor media type>, */*"; ?ns=<registry>
+on every request; Accept-Encoding: gzip (Go's default; the zstd list is
+containerd 2.x). A 404 on the HEAD moves on to `server` (closed: fails).
+
 Usage:
     async with Containerd(tmp_path / "ctd", mirror="127.0.0.1:5000") as ctd:
         res = await ctd.pull("docker.io/library/alpine:3")

@@ -18,6 +18,13 @@ private mount namespace with tmpfs over /run, /var/lib, /var/tmp and /opt
 and our own dir bound over /etc/docker. Containers go into a cgroup parent
 of our own that is removed afterwards.
 
+Wire (20.10.24, measured): `GET /v2/` before every pull, HEAD by tag, then
+GET by digest; SIX separate Accept lines in random order (Docker v2, Docker
+list, OCI manifest, OCI index, and schema1: prettyjws and application/json;
+wire-protocol.md's four lines are for newer moby); no ?ns=; blobs by plain
+GET with no Accept. `docker pull ghcr.io/...` never reaches the mirror.
+Start to API ~0.2-0.5 s, stop ~1 s (dockerd waits for its containerd).
+
 Usage:
     async with Dockerd(tmp_path / "dockerd", mirror="127.0.0.1:5000") as d:
         res = await d.pull("alpine:3")          # docker.io/library/alpine:3

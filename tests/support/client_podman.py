@@ -7,6 +7,10 @@ the host's, since podman keeps network locks in /etc/containers/networks and
 is under --root/--runroot/--tmpdir in our workdir (vfs driver).
 CONTAINERS_REGISTRIES_CONF points at the mirror registries.conf too.
 
+Wire: the same as skopeo (containers/image 5.23.1): /v2/ ping, GET by tag,
+six Accept lines, no ?ns=. On failure podman 4.3 retries a pull 3 times
+with a 1 s pause (it has no --retry flag), so a failing pull takes ~3 s.
+
 Usage:
     async with Podman(tmp_path / "podman", mirror="127.0.0.1:5000") as pm:
         res = await pm.pull("docker.io/library/alpine:3")

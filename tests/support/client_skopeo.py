@@ -7,6 +7,12 @@ private mount namespace with our own /etc/containers bound over the host's
 (see client_proc.isolated_argv), and with explicit --policy,
 --registries-conf, --registries.d and --authfile as well.
 
+Wire (skopeo 1.9.3, containers/image 5.23.1, measured with RecordingProxy):
+`GET /v2/` ping per command; manifests by tag with GET (never HEAD); six
+separate Accept lines (OCI manifest, Docker v2, schema1 prettyjws and
+v1+json, Docker list, OCI index); no ?ns=; `Docker-Distribution-Api-Version`
+and `Accept-Encoding: gzip` on every request; blobs with no Accept.
+
 Usage:
     sk = Skopeo(tmp_path / "skopeo", mirror="127.0.0.1:5000")
     res = await sk.copy_to_dir(sk.direct_ref("library/alpine:3"), tmp_path / "out")
