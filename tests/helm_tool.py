@@ -61,7 +61,8 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run helm with its cache/config/data dirs kept out of $HOME."""
     home = TOOLS / "helm-home"
     env = dict(os.environ, HELM_CACHE_HOME=str(home / "cache"),
-               HELM_CONFIG_HOME=str(home / "config"), HELM_DATA_HOME=str(home / "data"))
+               HELM_CONFIG_HOME=str(home / "config"), HELM_DATA_HOME=str(home / "data"),
+               KUBECONFIG=os.devnull)  # never reach a cluster, even one configured on this machine
     result = subprocess.run([str(helm_binary()), *args], capture_output=True, text=True, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed ({result.returncode}):\n"

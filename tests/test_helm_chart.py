@@ -318,6 +318,17 @@ def test_disabling_a_mirror_and_gc():
     assert find(objects, "CronJob") == []
 
 
+def test_notes_print_the_mirror_addresses():
+    # A client-side dry run renders NOTES.txt without a cluster.
+    out = helm("install", "regcache", str(CHART), "-n", "regcache", "--dry-run=client",
+               *values_args([ARC / "regcache-values.yaml"])).stdout
+    notes = out.split("NOTES:", 1)[1]
+    assert "docker.io -> http://regcache-dockerhub.regcache.svc.cluster.local:5000" in notes
+    assert "ghcr.io -> http://regcache-ghcr.regcache.svc.cluster.local:5000" in notes
+    assert "--registry-mirror=http://regcache-dockerhub.regcache.svc.cluster.local:5000" in notes
+    assert "regcache-client-config in namespace(s): arc-runners" in notes
+
+
 # --- what the chart refuses ----------------------------------------------------------------
 
 @pytest.mark.parametrize("values, message", [
