@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from regcache.config import ListenerConfig, Settings
+from regcache.gauges import watch_state
 from regcache.metrics import Metrics
 from regcache.proxy import PullThroughCache
 from regcache.store import AccessRecorder, FsStore
@@ -30,8 +31,8 @@ class Services:
         self.settings = settings
         self.store = FsStore(settings.storage_root)
         self.access = AccessRecorder()
-        self.metrics = Metrics(CollectorRegistry(), tuple(u.name for u in settings.upstreams)) \
-            if settings.metrics.enabled else None
+        self.metrics = Metrics(CollectorRegistry(), tuple(u.name for u in settings.upstreams),
+                               settings.cache.max_size) if settings.metrics.enabled else None
         self.session: aiohttp.ClientSession | None = None
         self.clients: dict[str, UpstreamClient] = {}
         self.cache: PullThroughCache | None = None
@@ -46,9 +47,14 @@ class Services:
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=60)
         self.session = aiohttp.ClientSession(connector=connector, read_bufsize=1 << 20)
         observe = self.metrics.observe_upstream if self.metrics else None
-        self.clients = {u.name: UpstreamClient(self.session, u, observe) for u in self.settings.upstreams}
+        observe_bytes = self.metrics.observe_upstream_bytes if self.metrics else None
+        self.clients = {u.name: UpstreamClient(self.session, u, observe, observe_bytes)
+                        for u in self.settings.upstreams}
         self.cache = PullThroughCache(self.store, self.clients, self.settings.cache, self.access,
                                       self.metrics.observe_cache if self.metrics else None)
+        if self.metrics is not None:
+            fills = self.cache.fills
+            watch_state(self.metrics, self.store, lambda: fills.values())
         self._tasks.append(asyncio.create_task(self._flush_access_times()))
 
     async def close(self) -> None:

@@ -126,6 +126,7 @@ class PullThroughCache:
             fetched = await self._fetch_manifest(client, repo, tag)
             info = ManifestHead(fetched.digest, fetched.media_type, len(fetched.body))
         digest = parse_digest(info.digest)
+        await self._observe_revalidation(key, info.digest)
         stored = await self._load_manifest(digest)
         if stored is not None and not acceptable(stored.media_type, accepted):
             return await self._pass_through(client, repo, tag, accepted)
@@ -142,10 +143,22 @@ class PullThroughCache:
         self._observe("manifest", result.lower())
         return _answer(stored, result)
 
+    async def _observe_revalidation(self, key: tuple[str, str, str], digest: str) -> None:
+        """Metrics: did upstream's HEAD confirm the digest this tag had? (Not counted for a
+        tag seen for the first time: that is a lookup, not a revalidation.)"""
+        previous = self._known_tags.get(key)
+        if previous is None:
+            record = await self.store.get_tag(*key)
+            previous = record.digest if record is not None else None
+        if previous is not None:
+            self._observe("revalidation", "unchanged" if previous == digest else "changed")
+
     async def _stale_tag(self, key: tuple[str, str, str], accepted: frozenset[str],
                          exc: UpstreamError) -> ManifestAnswer:
         """Upstream could not revalidate: serve the last known digest if we have it."""
         record = await self.store.get_tag(*key)
+        if record is not None:
+            self._observe("revalidation", "failed")
         stored = await self._load_manifest(parse_digest(record.digest)) if record else None
         if stored is None or not acceptable(stored.media_type, accepted):
             self._observe("manifest", "error")

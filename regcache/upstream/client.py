@@ -19,7 +19,7 @@ import json
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Mapping
 from urllib.parse import urlencode, urljoin
 
 import aiohttp
@@ -45,8 +45,11 @@ MAX_TOKEN_BYTES = 1024 * 1024
 MAX_REDIRECTS = 5
 USER_AGENT = f"regcache/{__version__}"
 
-# Called after every upstream response: (upstream, method, status or None, seconds, kind).
-Observer = Callable[[str, str, int | None, float, str], None]
+# Called after every upstream response: (upstream, method, status or None, seconds, kind,
+# response headers or None); metrics read the rate-limit headers from them.
+Observer = Callable[[str, str, int | None, float, str, Mapping[str, str] | None], None]
+# Called for body bytes received: (upstream, kind "manifest" or "blob", byte count).
+BytesObserver = Callable[[str, str, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,7 @@ class BlobStream:
     size: int | None
     offset: int
     response: aiohttp.ClientResponse
+    on_bytes: Callable[[int], None] = lambda size: None
 
     async def chunks(self, chunk_size: int) -> AsyncIterator[bytes]:
         try:
@@ -79,6 +83,7 @@ class BlobStream:
                 data = await self.response.content.read(chunk_size)
                 if not data:
                     return
+                self.on_bytes(len(data))
                 yield data
         except asyncio.TimeoutError as exc:
             raise UpstreamTimeout("upstream stalled mid-body") from exc
@@ -90,12 +95,13 @@ class UpstreamClient:
     """Requests to one configured upstream registry."""
 
     def __init__(self, session: aiohttp.ClientSession, config: UpstreamConfig,
-                 observe: Observer | None = None) -> None:
+                 observe: Observer | None = None, observe_bytes: BytesObserver | None = None) -> None:
         self.session = session
         self.config = config
         self.tokens = TokenCache()
         self._challenge: Challenge | None = None
         self._observe = observe or (lambda *args: None)
+        self._observe_bytes = observe_bytes or (lambda *args: None)
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=config.connect_timeout, sock_connect=config.connect_timeout,
             sock_read=config.read_timeout)
@@ -123,6 +129,7 @@ class UpstreamClient:
         async with self._request("GET", repo, f"manifests/{reference}", "manifest",
                                  {"Accept": accept}) as resp:
             body = await _read_capped(resp, MAX_MANIFEST_BYTES)
+            self._observe_bytes(self.name, "manifest", len(body))
             announced = resp.headers.get("Docker-Content-Digest")
             media_type = _media_type(resp)
         algorithm = (expected_digest or announced or "sha256:").split(":", 1)[0]
@@ -148,7 +155,8 @@ class UpstreamClient:
         """GET a blob body (from `offset`), following the CDN redirect without credentials."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         async with self._request("GET", repo, f"blobs/{digest}", "blob", headers) as resp:
-            yield BlobStream(resp.status, _total_size(resp, offset), offset if resp.status == 206 else 0, resp)
+            yield BlobStream(resp.status, _total_size(resp, offset), offset if resp.status == 206 else 0, resp,
+                             lambda size: self._observe_bytes(self.name, "blob", size))
 
     async def get_json_api(self, repo: str, path_and_query: str, kind: str,
                            accept: str = "application/json") -> tuple[int, bytes, dict[str, str]]:
@@ -207,12 +215,12 @@ class UpstreamClient:
                 method, url, headers=all_headers, allow_redirects=False,
                 auto_decompress=False, timeout=self._timeout)
         except asyncio.TimeoutError as exc:
-            self._observe(self.name, method, None, loop.time() - started, kind)
+            self._observe(self.name, method, None, loop.time() - started, kind, None)
             raise UpstreamTimeout(f"{method} {kind}: upstream timed out") from exc
         except aiohttp.ClientError as exc:
-            self._observe(self.name, method, None, loop.time() - started, kind)
+            self._observe(self.name, method, None, loop.time() - started, kind, None)
             raise UpstreamUnavailable(f"{method} {kind}: {type(exc).__name__}") from exc
-        self._observe(self.name, method, resp.status, loop.time() - started, kind)
+        self._observe(self.name, method, resp.status, loop.time() - started, kind, resp.headers)
         return resp
 
     async def _auth_header(self, scope: str) -> str | None:

@@ -200,10 +200,12 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; state gauges (fills, store, disk) are refreshed first."""
     request["route"] = "other"
     state = request.app[STATE]
     if state.metrics is None:
         raise RegistryError("NAME_UNKNOWN", "metrics are disabled", status=404)
+    await state.metrics.collect()
     body = await asyncio.to_thread(state.metrics.render)
     response = web.Response(body=body)
     response.headers["Content-Type"] = state.metrics.content_type

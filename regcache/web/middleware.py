@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from typing import Awaitable, Callable
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -51,12 +52,16 @@ def make_middleware(metrics: Metrics | None, access_enabled: bool) -> Callable[.
             raise
         finally:
             seconds = time.perf_counter() - started
+            # 499 (nginx's "client closed request"): the connection ended before the
+            # response was complete, whoever dropped it.
             status = response.status if response is not None else 499
+            size = _body_bytes(request, response)
             route = request.get("route", "other")
             if metrics is not None:
                 metrics.observe_request(route, request.method, status, seconds)
+                metrics.observe_served(route, request.get("cache_result"), size)
             if access_enabled:
-                _log_access(request, response, status, seconds)
+                _log_access(request, status, size, seconds)
 
     return registry_middleware
 
@@ -80,16 +85,40 @@ async def _render_errors(request: web.Request, handler: Handler) -> web.StreamRe
         return error_response(RegistryError("UNKNOWN", "internal error"))
 
 
-def _log_access(request: web.Request, response: web.StreamResponse | None, status: int, seconds: float) -> None:
-    size = response.body_length if response is not None else 0
-    access_log.info(
-        "%s %s %s %d %d %.4f %s %s",
-        request.remote or "-", request.method, request.path, status, size, seconds,
-        request.get("upstream", "-"), request.get("cache_result", "-"),
-        extra={"access": {
-            "client": request.remote, "method": request.method, "path": request.path,
-            "ns": request.query.get("ns"), "status": status, "bytes": size,
-            "duration_s": round(seconds, 6), "upstream": request.get("upstream"),
-            "cache": request.get("cache_result"),
-        }},
-    )
+def _body_bytes(request: web.Request, response: web.StreamResponse | None) -> int:
+    """Body bytes sent. Every regcache response has a Content-Length, and `body_length`
+    would count the headers but not sendfile's bytes (blob hits)."""
+    if response is None or request.method == "HEAD" or response.status in (204, 304):
+        return 0
+    return response.content_length or 0
+
+
+# Query parameters worth logging; anything else (a client could put a token there) is not.
+_LOGGED_QUERY = ("ns", "n", "last", "artifactType")
+
+
+def _log_path(request: web.Request) -> str:
+    """The path as sent (still percent-encoded, so no control characters can reach the
+    log) with only the known query parameters. Never credentials: they travel in headers,
+    which are not logged."""
+    path = request.raw_path.split("?", 1)[0][:1024]
+    kept = [(k, v) for k, v in request.query.items() if k in _LOGGED_QUERY]
+    return f"{path}?{urlencode(kept)}" if kept else path
+
+
+def _log_access(request: web.Request, status: int, size: int, seconds: float) -> None:
+    """One line per request: logfmt in the plain format, top-level keys in JSON."""
+    fields = {
+        "client": request.remote or "-", "method": request.method, "path": _log_path(request),
+        "status": status, "bytes": size, "duration_s": round(seconds, 6),
+        "upstream": request.get("upstream") or "-", "cache": request.get("cache_result") or "-",
+    }
+    message = " ".join(f"{key}={_logfmt(value)}" for key, value in fields.items())
+    access_log.info(message, extra={"access": fields})
+
+
+def _logfmt(value: object) -> str:
+    text = str(value)
+    if text and all(c.isprintable() and c not in ' "=' for c in text):
+        return text
+    return json.dumps(text)
