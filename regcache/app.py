@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from pathlib import Path
 from typing import AsyncIterator
 
 import aiohttp
@@ -13,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from regcache.config import ListenerConfig, Settings
 from regcache.gauges import watch_state
+from regcache.gc import GcReport, collect, summary_lines
 from regcache.metrics import Metrics
 from regcache.proxy import PullThroughCache
 from regcache.store import AccessRecorder, FsStore
@@ -23,13 +26,18 @@ from regcache.web.routing import Router
 
 log = logging.getLogger("regcache")
 
+LOW_SPACE_SWEEP_GAP = 30.0
+
 
 class Services:
     """The objects shared by every listener of one process."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = FsStore(settings.storage_root)
+        # A blob read with an on-disk time older than half the grace is touched at once,
+        # so gc (in this process or a CronJob, same grace) never removes a blob in use.
+        self.store = FsStore(settings.storage_root,
+                             refresh_after=min(settings.cache.gc_grace, settings.cache.ttl) / 2)
         self.access = AccessRecorder()
         self.metrics = Metrics(CollectorRegistry(), tuple(u.name for u in settings.upstreams),
                                settings.cache.max_size) if settings.metrics.enabled else None
@@ -37,6 +45,9 @@ class Services:
         self.clients: dict[str, UpstreamClient] = {}
         self.cache: PullThroughCache | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._sweep_wanted = asyncio.Event()
+        self._last_low_space_sweep = float("-inf")
+        self.last_sweep: GcReport | None = None
 
     async def start(self) -> None:
         removed = await asyncio.to_thread(self.store.prepare)
@@ -56,6 +67,9 @@ class Services:
             fills = self.cache.fills
             watch_state(self.metrics, self.store, lambda: fills.values())
         self._tasks.append(asyncio.create_task(self._flush_access_times()))
+        if self.settings.cache.sweep_interval > 0:
+            self.cache.on_low_space = self._low_space
+            self._tasks.append(asyncio.create_task(self._sweep_periodically()))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -71,12 +85,69 @@ class Services:
         """Last-access times go to disk in batches, never per request."""
         while True:
             await asyncio.sleep(self.settings.cache.access_flush_interval)
-            await asyncio.to_thread(self.access.flush)
+            await self.flush_access_times()
+
+    async def flush_access_times(self) -> None:
+        """Write pending access times; forget what gc removed (it is stored again when asked)."""
+        await asyncio.to_thread(self.access.flush)
+        self._forget(self.access.missing)
+
+    def _forget(self, paths: list[Path]) -> None:
+        if self.cache is None:
+            return
+        for path in paths:
+            found = self.store.classify(path)
+            if found is None:
+                continue
+            kind, name = found
+            if kind == "manifest" and isinstance(name, str):
+                self.cache.forget_manifest(name)
+            elif kind == "tag" and isinstance(name, tuple):
+                self.cache.forget_tag(*name)
+
+    # -- eviction (the same code as `regcache gc`; a CronJob run and this take turns) -----
+    async def sweep(self) -> GcReport:
+        """Flush access times, then collect: expiry, size cap, free-space floor, temp files."""
+        await self.flush_access_times()
+        report = await asyncio.to_thread(collect, self.store, self.settings.cache)
+        if self.metrics is not None:
+            self.metrics.observe_gc(report)
+        self.last_sweep = report
+        if self.cache is not None:
+            for digest in report.removed_manifests():
+                self.cache.forget_manifest(digest)
+        self._forget([self.store.tag_path_by_name(i.name) for i in report.items if i.kind == "tag"])
+        for line in summary_lines(report):
+            log.info("sweep %s", line)
+        for error in report.errors:
+            log.error("sweep: %s", error)
+        return report
+
+    async def _sweep_periodically(self) -> None:
+        interval = self.settings.cache.sweep_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sweep_wanted.wait(), interval)
+            self._sweep_wanted.clear()
+            try:
+                await self.sweep()
+            except Exception:  # a failed sweep must not end the loop; the next one retries
+                log.exception("sweep failed")
+
+    def _low_space(self) -> None:
+        """Free space fell below the floor: sweep now (at most once per LOW_SPACE_SWEEP_GAP)."""
+        now = time.monotonic()
+        if now - self._last_low_space_sweep >= LOW_SPACE_SWEEP_GAP:
+            self._last_low_space_sweep = now
+            self._sweep_wanted.set()
 
     def state(self, default_upstream: str) -> AppState:
         assert self.cache is not None, "Services.start() first"
         return AppState(self.cache, self.clients, self.store, self.metrics,
                         Router(self.settings, default_upstream))
+
+
+SERVICES = web.AppKey("services", Services)
 
 
 def _application(services: Services, registry_api: bool = True) -> web.Application:
@@ -102,6 +173,7 @@ def create_app(settings: Settings, listener: ListenerConfig | None = None) -> we
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await services.start()
         app[STATE] = services.state(default_upstream)
+        app[SERVICES] = services
         yield
         await services.close()
 

@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from regcache import __version__
+from regcache import __version__, cli_lifecycle
 from regcache.config import ConfigError, Settings, load_settings
 from regcache.log import setup_logging
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="serve the registry API (default)")
     serve.add_argument("--config", "-c", help="YAML config file (default: built-in, or $REGCACHE_CONFIG)")
+    cli_lifecycle.add_parsers(sub, "YAML config file (default: built-in, or $REGCACHE_CONFIG)")
     return parser
 
 
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("config: %s", warning)
     if command == "serve":
         return serve(settings)
+    if command in ("gc", "check", "warm"):
+        return cli_lifecycle.run(command, args, settings)
     parser.error(f"unknown command {command}")
     return 2
 

@@ -94,6 +94,7 @@ class PullThroughCache:
         self._known_tags: dict[tuple[str, str, str], str] = {}
         self._space_checked = 0.0
         self._space_ok = True
+        self.on_low_space: Callable[[], None] | None = None  # set by app.Services: run a sweep
 
     # -- manifests ----------------------------------------------------------------------
     async def manifest_by_digest(self, upstream: str, repo: str, digest: Digest,
@@ -224,6 +225,10 @@ class PullThroughCache:
         if old is not None:
             self._memory_bytes -= len(old.body)
 
+    def forget_tag(self, upstream: str, repo: str, tag: str) -> None:
+        """gc removed the tag record: write it again on the next pull of this tag."""
+        self._known_tags.pop((upstream, repo, tag), None)
+
     async def _remember_tag(self, key: tuple[str, str, str], stored: StoredManifest) -> None:
         """Write the tag record only when the digest changed; otherwise just touch it."""
         if self._known_tags.get(key) != stored.digest:
@@ -275,17 +280,25 @@ class PullThroughCache:
         self._observe("fill", "committed" if fill.committed_path else "failed" if fill.error else "uncached")
 
     def _storing_allowed(self) -> bool:
-        """Below `min_free_space` new blobs are served from upstream without storing them."""
+        """Below `min_free_space` new blobs are served from upstream without storing them,
+        and the sweep is asked to evict (`on_low_space`); storing resumes when space returns.
+        Checked at most every FREE_SPACE_CHECK_SECONDS (statvfs is a cheap syscall)."""
         now = time.monotonic()
         if now - self._space_checked > FREE_SPACE_CHECK_SECONDS:
             self._space_checked = now
+            was_ok = self._space_ok
             try:
                 stat = os.statvfs(self.store.root)
                 self._space_ok = stat.f_bavail * stat.f_frsize >= self.cache.min_free_space
             except OSError:
                 self._space_ok = False
-            if not self._space_ok:
-                log.warning("free space below %d bytes: not storing new blobs", self.cache.min_free_space)
+            if was_ok != self._space_ok:
+                if self._space_ok:
+                    log.info("free space is back above %d bytes: storing new blobs again", self.cache.min_free_space)
+                else:
+                    log.warning("free space below %d bytes: not storing new blobs", self.cache.min_free_space)
+            if not self._space_ok and self.on_low_space is not None:
+                self.on_low_space()
         return self._space_ok
 
     async def shutdown(self) -> None:

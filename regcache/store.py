@@ -6,14 +6,17 @@ On-disk layout (layout version v1), computed only by the path helpers below::
     <root>/v1/manifests/sha256/<hex[0:2]>/<hex>    b"<media type>\\n" + manifest bytes verbatim
     <root>/v1/tags/<upstream>/<repo>/_tags/<tag>   JSON {"digest","media_type","size","validated_at"}
     <root>/v1/tmp/<random>                         in-progress writes; never served
-    <root>/v1/quarantine/<kind>-<hex>              content that failed an integrity check
+    <root>/v1/quarantine/<kind>-<alg>-<hex>        content that failed an integrity check
+    <root>/v1/gc.lock                              flock held by a running gc (server sweep or CLI)
 
 `_tags` cannot collide with a repository component (components start with [a-z0-9]).
 
 Policy: a file appears under blobs/ or manifests/ only whole and with its digest checked
 (the writer hashes, the commit renames); temp files left by a crash are removed at start.
 The mtime of a blob, manifest or tag file is its last-access time: `AccessRecorder` keeps
-touches in memory and writes them in batches, so the hot path never syncs to disk.
+touches in memory and writes them in batches, so the hot path never syncs to disk. A
+blob whose on-disk time is older than `refresh_after` is touched at once when it is read,
+so a gc in another process (same grace) never takes a blob that is being served.
 
 The interface is small and async so that an object-store backend can sit behind it later.
 """
@@ -67,10 +70,13 @@ class Store(Protocol):
 class FsStore:
     """The filesystem implementation of `Store`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, refresh_after: float | None = None) -> None:
         self.root = Path(root) / LAYOUT
         self.tmp_dir = self.root / "tmp"
+        self.tags_dir = self.root / "tags"
         self.quarantine_dir = self.root / "quarantine"
+        self.gc_lock_path = self.root / "gc.lock"
+        self.refresh_after = refresh_after
 
     # -- paths (the only place paths are built) ---------------------------------------
     def blob_path(self, digest: Digest) -> Path:
@@ -80,7 +86,27 @@ class FsStore:
         return self.root / "manifests" / digest.algorithm / digest.hex[:2] / digest.hex
 
     def tag_path(self, upstream: str, repo: str, tag: str) -> Path:
-        return self.root / "tags" / upstream / repo / "_tags" / tag
+        return self.tags_dir / upstream / repo / "_tags" / tag
+
+    def tag_path_by_name(self, name: str) -> Path:
+        """The tag record for a name from `iter_tags` ("<upstream>/<repo>/_tags/<tag>")."""
+        return self.tags_dir / name
+
+    def classify(self, path: Path) -> tuple[str, str | tuple[str, str, str]] | None:
+        """("blob"|"manifest", "<alg>:<hex>") or ("tag", (upstream, repo, tag)) for a store path."""
+        try:
+            parts = Path(path).relative_to(self.root).parts
+        except ValueError:
+            return None
+        if len(parts) == 4 and parts[0] in ("blobs", "manifests"):
+            return parts[0][:-1], f"{parts[1]}:{parts[3]}"
+        if len(parts) >= 5 and parts[0] == "tags" and parts[-2] == "_tags":
+            return "tag", (parts[1], "/".join(parts[2:-2]), parts[-1])
+        return None
+
+    def quarantine_path(self, kind: str, name: str) -> Path:
+        """Where `check` moves a bad object named "<algorithm>:<hex>" (by iter_blobs/iter_manifests)."""
+        return self.quarantine_dir / f"{kind}-{name.replace(':', '-').replace('/', '_')}"
 
     def new_tmp_path(self) -> Path:
         return self.tmp_dir / secrets.token_hex(12)
@@ -112,9 +138,39 @@ class FsStore:
     # -- blobs --------------------------------------------------------------------------
     async def blob_size(self, digest: Digest) -> int | None:
         try:
-            return (await asyncio.to_thread(os.stat, self.blob_path(digest))).st_size
+            return await asyncio.to_thread(self._stat_for_read, self.blob_path(digest))
         except FileNotFoundError:
             return None
+
+    def _stat_for_read(self, path: Path) -> int:
+        st = os.stat(path)
+        if self.refresh_after is not None and time.time() - st.st_mtime > self.refresh_after:
+            # At most once per refresh_after per blob: keeps a served blob inside gc's grace.
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                raise
+            except OSError:
+                pass  # read-only store: serving matters more than the access time
+        return st.st_size
+
+    # -- iteration (blocking; for gc and check) ------------------------------------------
+    def iter_blobs(self) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """("<algorithm>:<hex>", file) for every committed blob."""
+        return _iter_content(self.root / "blobs")
+
+    def iter_manifests(self) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """("<algorithm>:<hex>", file) for every stored manifest."""
+        return _iter_content(self.root / "manifests")
+
+    def iter_tags(self) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """("<upstream>/<repo>/_tags/<tag>", file) for every tag record."""
+        prefix = len(str(self.tags_dir)) + 1
+        for entry in iter_files(self.tags_dir):
+            yield entry.path[prefix:], entry
+
+    def iter_tmp(self) -> Iterator[os.DirEntry[str]]:
+        return iter_files(self.tmp_dir)
 
     def new_blob_writer(self, digest: Digest) -> "BlobWriter":
         return BlobWriter(self, digest)
@@ -214,6 +270,9 @@ class AccessRecorder:
 
     def __init__(self) -> None:
         self._pending: dict[Path, float] = {}
+        # Paths touched but gone at the last flush (gc removed them): the server forgets
+        # what it remembers about them, so they are stored again on the next request.
+        self.missing: list[Path] = []
 
     def touch(self, path: Path) -> None:
         self._pending[path] = time.time()
@@ -222,13 +281,35 @@ class AccessRecorder:
         """Apply pending touches (blocking). Files deleted meanwhile are skipped."""
         pending, self._pending = self._pending, {}
         done = 0
+        missing = []
         for path, when in pending.items():
             try:
                 os.utime(path, (when, when))
                 done += 1
             except FileNotFoundError:
-                pass
+                missing.append(path)
+        self.missing = missing
         return done
+
+
+def _iter_content(top: Path) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """Files at <top>/<algorithm>/<xx>/<hex>, named "<algorithm>:<hex>"; other names skipped."""
+    for algorithm in _subdirs(top):
+        for shard in _subdirs(Path(algorithm.path)):
+            for entry in _scandir(Path(shard.path)):
+                if entry.name.startswith(shard.name) and entry.is_file(follow_symlinks=False):
+                    yield f"{algorithm.name}:{entry.name}", entry
+
+
+def _subdirs(folder: Path) -> list[os.DirEntry[str]]:
+    return [e for e in _scandir(folder) if e.is_dir(follow_symlinks=False)]
+
+
+def _scandir(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        return list(os.scandir(folder))
+    except FileNotFoundError:
+        return []
 
 
 def iter_files(folder: Path) -> Iterator[os.DirEntry[str]]:
