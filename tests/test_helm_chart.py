@@ -169,6 +169,13 @@ def test_deployment_shape(default_objects):
         assert deploy["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
 
 
+def test_no_service_link_variables(default_objects):
+    """The kubelet would give every pod REGCACHE_DOCKERHUB_PORT=tcp://... for the Service
+    regcache-dockerhub, and regcache reads REGCACHE_* variables as settings."""
+    for obj in find(default_objects, "Deployment") + find(default_objects, "CronJob"):
+        assert pod_spec(obj)["enableServiceLinks"] is False
+
+
 # --- gc CronJob ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fixture", ["default_objects", "all_on_objects"])

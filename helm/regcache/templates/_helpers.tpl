@@ -190,6 +190,9 @@ app.kubernetes.io/component: {{ .key }}
 
 {{- define "regcache.podSpecCommon" -}}
 automountServiceAccountToken: false
+# Service links would put REGCACHE_DOCKERHUB_PORT=tcp://... (one per mirror Service) into the
+# environment, where regcache reads REGCACHE_* as settings and refuses unknown ones.
+enableServiceLinks: false
 {{- with .root.Values.serviceAccountName }}
 serviceAccountName: {{ . }}
 {{- end }}
