@@ -29,7 +29,7 @@ from pathlib import Path
 from contextlib import AbstractAsyncContextManager
 from typing import AsyncIterator, Callable
 
-from regcache.errors import DigestMismatch, UpstreamError, UpstreamUnavailable
+from regcache.errors import DigestMismatch, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from regcache.reference import Digest
 from regcache.store import BlobWriter
 from regcache.upstream.client import BlobStream
@@ -78,12 +78,20 @@ class BlobFill:
             async with asyncio.timeout(timeout):
                 async with open_stream() as stream:
                     await self._consume(stream)
-        except BaseException as exc:  # including cancellation at shutdown
+        except TimeoutError:
+            # fill_timeout: an UpstreamError, so that waiting requests get a mapped 504.
+            self._fail(UpstreamTimeout(f"fill did not finish within {timeout:g} s"))
+        except asyncio.CancelledError:  # shutdown
+            self._fail(UpstreamUnavailable("fill cancelled"))
+            raise
+        except BaseException as exc:
             self._fail(exc)
-            if not isinstance(exc, (UpstreamError, TimeoutError, OSError, asyncio.CancelledError)):
+            if not isinstance(exc, (UpstreamError, OSError)):
                 log.exception("fill of %s failed", self.digest)
         finally:
             self._on_finish(self)
+        if self.error is not None:
+            log.warning("fill of %s failed after %d bytes: %s", self.digest, self.received, self.error)
 
     async def _consume(self, stream: BlobStream) -> None:
         if stream.size is None:
@@ -158,7 +166,7 @@ class BlobFill:
         if self._writer is not None:
             self._writer.abort()
         if not self._started.done():
-            self._started.set_exception(exc if isinstance(exc, Exception) else UpstreamUnavailable("cancelled"))
+            self._started.set_exception(exc if isinstance(exc, Exception) else UpstreamUnavailable(str(exc)))
             self._started.exception()  # retrieved here; waiters re-raise it themselves
         self._notify()
 
@@ -180,7 +188,10 @@ class BlobFill:
         """Can a new subscriber starting at byte 0 be served by this fill?"""
         if self.error is not None:
             return False
-        return self._writer is not None or not self._window or self._window[0][0] == 0
+        if self._writer is not None:
+            return True
+        # Memory only: byte 0 must still be in the window (or nothing has arrived yet).
+        return self._window[0][0] == 0 if self._window else self.received == 0
 
     async def stream(self, start: int, end: int) -> AsyncIterator[bytes]:
         """Bytes [start, end) of the blob as they become available.
@@ -219,13 +230,24 @@ class BlobFill:
             await self._changed.wait()
 
     def _open_tmp(self) -> int | None:
-        path = self.committed_path or (self._writer.tmp_path if self._writer else None)
-        if path is None:
+        """A descriptor on the fill's file (blocking: call in a thread), or None in memory mode."""
+        writer = self._writer
+        if self.committed_path is None and writer is None:
             return None
-        try:
-            return os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
+        if self.committed_path is not None:
+            paths = [self.committed_path]
+        else:
+            assert writer is not None
+            paths = [writer.tmp_path, writer.store.blob_path(self.digest)]
+        for path in paths:
+            # The temp file may be renamed into place between our look and the open: then
+            # the committed file has the same bytes. Without a descriptor a subscriber that
+            # is behind the window would wait forever.
+            try:
+                return os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+        return None
 
     async def _next_piece(self, pos: int, end: int, fd: int | None) -> bytes | None:
         """The next bytes at `pos`, or None after waiting for progress."""
@@ -242,7 +264,9 @@ class BlobFill:
                 data = await asyncio.to_thread(os.pread, fd, count, pos)
                 if data:
                     return data
-            if self._writer is None and fd is None:
+            if fd is None:
+                # Not in memory and no file to read them from (disk full and this client
+                # too slow): waiting would hang, the bytes will not come back.
                 raise FillAborted("bytes no longer available (disk full and client too slow)")
         changed = self._changed
         await changed.wait()

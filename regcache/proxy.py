@@ -43,6 +43,7 @@ log = logging.getLogger("regcache.proxy")
 T = TypeVar("T")
 
 MEMORY_MANIFEST_BYTES = 32 * 1024 * 1024
+RECENT_FILL_SECONDS = 5.0
 FREE_SPACE_CHECK_SECONDS = 2.0
 
 
@@ -86,9 +87,11 @@ class PullThroughCache:
         self.cache = cache
         self.access = access
         self.fills: dict[str, BlobFill] = {}
+        self._recent: dict[str, BlobFill] = {}  # committed fills, kept a moment (_just_committed)
         self._observe = observe or (lambda kind, result: None)
         self._heads: SingleFlight[tuple[str, str, str], ManifestHead] = SingleFlight()
         self._gets: SingleFlight[tuple[str, str, str], FetchedManifest] = SingleFlight()
+        self._blob_heads: SingleFlight[tuple[str, str, str], int | None] = SingleFlight()
         self._memory: OrderedDict[str, StoredManifest] = OrderedDict()
         self._memory_bytes = 0
         self._known_tags: dict[tuple[str, str, str], str] = {}
@@ -105,7 +108,9 @@ class PullThroughCache:
             return _answer(stored, "HIT")
         client = self.clients[upstream]
         if head:
-            info = await self.call_upstream(client.head_manifest(repo, str(digest)), "MANIFEST_UNKNOWN")
+            info = await self.call_upstream(
+                self._heads.do((upstream, repo, str(digest)), lambda: client.head_manifest(repo, str(digest))),
+                "MANIFEST_UNKNOWN")
             self._observe("manifest", "miss")
             return ManifestAnswer(str(digest), info.media_type, info.size or 0, None, "MISS")
         fetched = await self._fetch_manifest(client, repo, str(digest))
@@ -250,14 +255,16 @@ class PullThroughCache:
             self.access.touch(path)
             self._observe("blob", "hit")
             return LocalBlob(path, size)
-        fill = self.fills.get(str(digest))
+        fill = self.fills.get(str(digest)) or self._just_committed(digest)
         if fill is not None and fill.joinable():
             size = await self.call_upstream(fill.wait_started(), "BLOB_UNKNOWN")
             self._observe("blob", "joined")
             return RemoteBlob(size, fill, "JOINED")
         client = self.clients[upstream]
         if head:
-            size = await self.call_upstream(client.head_blob(repo, str(digest)), "BLOB_UNKNOWN")
+            size = await self.call_upstream(
+                self._blob_heads.do((upstream, repo, str(digest)), lambda: client.head_blob(repo, str(digest))),
+                "BLOB_UNKNOWN")
             if size is not None:
                 self._observe("blob", "miss")
                 return RemoteBlob(size, None, "MISS")
@@ -274,9 +281,22 @@ class PullThroughCache:
         fill.start(lambda: client.open_blob(repo, str(digest)), self.cache.fill_timeout)
         return fill
 
+    def _just_committed(self, digest: Digest) -> BlobFill | None:
+        """A fill that committed `digest` while our stat of the store was in flight.
+
+        Without this a request that saw no blob on disk and then no running fill would
+        start a second upstream download of a blob that is already stored.
+        """
+        fill = self._recent.get(str(digest))
+        return fill if fill is not None and fill.committed_path is not None else None
+
     def _fill_finished(self, fill: BlobFill) -> None:
         if self.fills.get(str(fill.digest)) is fill:
             del self.fills[str(fill.digest)]
+            if fill.committed_path is not None:
+                self._recent[str(fill.digest)] = fill
+                asyncio.get_running_loop().call_later(
+                    RECENT_FILL_SECONDS, lambda key=str(fill.digest): self._recent.pop(key, None))
         self._observe("fill", "committed" if fill.committed_path else "failed" if fill.error else "uncached")
 
     def _storing_allowed(self) -> bool:

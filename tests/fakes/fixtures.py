@@ -1,10 +1,13 @@
 """Fixtures for tests against the in-process fake upstream.
 
 Import them into a test module: `from tests.fakes.fixtures import fake, regcache, make_settings`.
+`regcache_factory` starts regcache apps with other settings (timeouts, fill_timeout) and
+gives back a `Running` with the test client, the port and the store root.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +19,16 @@ from regcache.config import Settings, build_settings
 from tests.fakes.registry import FakeRegistry
 
 
-def make_settings(root: Path, upstream_url: str, **cache: Any) -> Settings:
+def make_settings(root: Path, upstream_url: str, upstream_options: dict[str, Any] | None = None,
+                  **cache: Any) -> Settings:
     """Settings with one docker.io-like upstream at `upstream_url` and a ghcr.io alias set."""
+    upstream = {"name": "docker.io", "url": upstream_url,
+                "aliases": ["index.docker.io", "registry-1.docker.io"],
+                "connect_timeout": "2s", "read_timeout": "2s", **(upstream_options or {})}
     raw = {
         "storage": {"root": str(root)},
         "cache": {"access_flush_interval": "1s", **cache},
-        "upstreams": [
-            {"name": "docker.io", "url": upstream_url, "aliases": ["index.docker.io", "registry-1.docker.io"],
-             "connect_timeout": "2s", "read_timeout": "2s"},
-        ],
+        "upstreams": [upstream],
         "listeners": [{"address": "127.0.0.1", "port": 0, "default_upstream": "docker.io"}],
         "log": {"level": "debug"},
     }
@@ -35,11 +39,9 @@ def make_settings(root: Path, upstream_url: str, **cache: Any) -> Settings:
 async def fake():
     """A running fake upstream (also serving its own CDN path and token endpoint)."""
     registry = FakeRegistry()
-    server = TestServer(registry.app(), host="127.0.0.1")
-    await server.start_server()
-    registry.base_url = str(server.make_url("")).rstrip("/")
+    await registry.serve()
     yield registry
-    await server.close()
+    await registry.stop()
 
 
 @pytest.fixture
@@ -50,3 +52,34 @@ async def regcache(fake, tmp_path):
     await client.start_server()
     yield client
     await client.close()
+
+
+@dataclass
+class Running:
+    """A regcache app started by `regcache_factory`."""
+
+    client: TestClient
+    root: Path  # the store's layout root, <storage.root>/v1
+
+    @property
+    def port(self) -> int:
+        assert self.client.server.port is not None
+        return self.client.server.port
+
+
+@pytest.fixture
+async def regcache_factory(fake, tmp_path):
+    """`await start(upstream_options=None, **cache)`: regcache over `fake` with these settings."""
+    started: list[TestClient] = []
+
+    async def start(upstream_options: dict[str, Any] | None = None, **cache: Any) -> Running:
+        root = tmp_path / f"data{len(started)}"
+        app = create_app(make_settings(root, fake.base_url, upstream_options, **cache))
+        client = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        started.append(client)
+        return Running(client, root / "v1")
+
+    yield start
+    for client in started:
+        await client.close()

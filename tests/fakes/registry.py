@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -28,7 +30,8 @@ class Fault:
     corrupt: bool = False              # flip a byte in the middle
     extra_bytes: int = 0               # append this many bytes beyond the blob
     chunk_delay: float = 0.0           # sleep between chunks
-    stall_after: int | None = None     # after this many bytes, stop sending (until cancelled)
+    stall_after: int | None = None     # after this many bytes, stop sending until the peer leaves
+    delay: float = 0.0                 # sleep before answering (holds requests in flight)
     times: int | None = None           # apply to this many requests, then behave (None = always)
 
     def use(self) -> bool:
@@ -46,11 +49,14 @@ class Recorded:
     path: str
     query: str
     headers: dict[str, str]
+    started: float = 0.0               # time.monotonic() when the request arrived
+    finished: float | None = None      # when a blob body was sent, cut or abandoned
+    outcome: str = ""                  # blob bodies: complete, truncated, stalled, peer-gone
 
 
 @dataclass
 class FakeRegistry:
-    blobs: dict[str, bytes] = field(default_factory=dict)
+    blobs: MutableMapping[str, bytes] = field(default_factory=dict)
     manifests: dict[tuple[str, str], tuple[bytes, str]] = field(default_factory=dict)
     faults: dict[str, Fault] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
@@ -58,9 +64,11 @@ class FakeRegistry:
     token_requests: int = 0
     token_fault: Fault | None = None
     token_body: bytes | None = None     # answer this instead of a token (garbage)
-    redirect_base: str | None = None    # blob GETs answer 307 to <redirect_base>/<digest>
+    redirect_base: str | None = None    # blob GETs answer 307 to <redirect_base>/cdn/<digest>
+    token_realm: str | None = None      # realm announced in challenges (default: our /token)
     chunk_size: int = 64 * 1024
     base_url: str = ""
+    server: object | None = None        # the aiohttp TestServer while serving (see serve/stop)
 
     # -- content ------------------------------------------------------------------------
     def add_blob(self, data: bytes) -> str:
@@ -96,6 +104,31 @@ class FakeRegistry:
         return sum(1 for r in self.requests
                    if (method is None or r.method == method) and contains in r.path)
 
+    def matching(self, method: str | None = None, contains: str = "") -> list[Recorded]:
+        return [r for r in self.requests
+                if (method is None or r.method == method) and contains in r.path]
+
+    # -- serving ------------------------------------------------------------------------
+    async def serve(self, port: int = 0) -> str:
+        """Listen on 127.0.0.1 (`port` 0: any free one); returns and remembers the base URL."""
+        from aiohttp.test_utils import TestServer
+
+        server = TestServer(self.app(), host="127.0.0.1", port=port or None)
+        await server.start_server()
+        self.server = server
+        self.base_url = str(server.make_url("")).rstrip("/")
+        return self.base_url
+
+    async def stop(self) -> None:
+        """Stop listening: connections to `base_url` are refused until `serve(port)` again."""
+        if self.server is not None:
+            server, self.server = self.server, None
+            await server.close()  # type: ignore[attr-defined]
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
+
     # -- the app ------------------------------------------------------------------------
     def app(self) -> web.Application:
         app = web.Application()
@@ -107,13 +140,17 @@ class FakeRegistry:
         app.router.add_route("*", "/cdn/{digest}", self._cdn)
         return app
 
-    def _record(self, request: web.Request) -> None:
-        self.requests.append(Recorded(request.method, request.path, request.query_string, dict(request.headers)))
+    def _record(self, request: web.Request) -> Recorded:
+        entry = Recorded(request.method, request.path, request.query_string, dict(request.headers),
+                         started=time.monotonic())
+        self.requests.append(entry)
+        request["recorded"] = entry
+        return entry
 
     def _challenge(self, request: web.Request, repo: str) -> web.Response | None:
         if not self.require_auth or request.headers.get("Authorization") == "Bearer good-token":
             return None
-        realm = f"{self.base_url}/token"
+        realm = self.token_realm or f"{self.base_url}/token"
         return web.json_response(
             {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}, status=401,
             headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="fake",scope="repository:{repo}:pull"'})
@@ -121,8 +158,11 @@ class FakeRegistry:
     async def _token(self, request: web.Request) -> web.StreamResponse:
         self._record(request)
         self.token_requests += 1
-        if self.token_fault and self.token_fault.use() and self.token_fault.status:
-            return web.Response(status=self.token_fault.status)
+        fault = self.token_fault if self.token_fault and self.token_fault.use() else None
+        if fault and fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault and fault.status:
+            return web.Response(status=fault.status)
         if self.token_body is not None:
             return web.Response(body=self.token_body, content_type="application/json")
         return web.json_response({"token": "good-token", "expires_in": 300})
@@ -146,7 +186,11 @@ class FakeRegistry:
         if denied:
             return denied
         fault = self.faults.get(ref)
-        if fault and fault.use() and fault.status:
+        if fault and not fault.use():
+            fault = None
+        if fault and fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault and fault.status:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
             return web.json_response({"errors": [{"code": "UNKNOWN", "message": "fault"}]},
                                      status=fault.status, headers=headers)
@@ -186,6 +230,8 @@ class FakeRegistry:
         fault = self.faults.get(digest)
         if fault and not fault.use():
             fault = None
+        if fault and fault.delay:
+            await asyncio.sleep(fault.delay)
         if fault and fault.status:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
             return web.json_response({"errors": [{"code": "UNKNOWN", "message": "fault"}]},
@@ -209,18 +255,36 @@ class FakeRegistry:
         await response.prepare(request)
         if request.method == "HEAD":
             return response
-        sent = 0
-        for offset in range(start, len(body), self.chunk_size):
-            chunk = body[offset:offset + self.chunk_size]
-            if fault and fault.stall_after is not None and sent >= fault.stall_after:
-                await asyncio.sleep(3600)
-            if fault and fault.truncate_at is not None and sent + len(chunk) > fault.truncate_at:
-                await response.write(chunk[: fault.truncate_at - sent])
-                assert request.transport is not None
-                request.transport.close()
-                return response
-            await response.write(chunk)
-            sent += len(chunk)
-            if fault and fault.chunk_delay:
-                await asyncio.sleep(fault.chunk_delay)
+        entry: Recorded = request["recorded"]
+        try:
+            entry.outcome = await self._write_body(request, response, body, start, fault)
+        except asyncio.CancelledError:
+            entry.outcome = "peer-gone"  # aiohttp cancels a handler whose client disconnected
+            raise
+        finally:
+            entry.finished = time.monotonic()
         return response
+
+    async def _write_body(self, request: web.Request, response: web.StreamResponse, body: bytes,
+                          start: int, fault: Fault | None) -> str:
+        sent = 0
+        try:
+            for offset in range(start, len(body), self.chunk_size):
+                chunk = body[offset:offset + self.chunk_size]
+                if fault and fault.stall_after is not None and sent >= fault.stall_after:
+                    # Hold the connection open, sending nothing, until the client gives up.
+                    while request.transport is not None and not request.transport.is_closing():
+                        await asyncio.sleep(0.05)
+                    return "stalled"
+                if fault and fault.truncate_at is not None and sent + len(chunk) > fault.truncate_at:
+                    await response.write(chunk[: fault.truncate_at - sent])
+                    assert request.transport is not None
+                    request.transport.close()
+                    return "truncated"
+                await response.write(chunk)
+                sent += len(chunk)
+                if fault and fault.chunk_delay and offset + self.chunk_size < len(body):
+                    await asyncio.sleep(fault.chunk_delay)
+        except ConnectionError:
+            return "peer-gone"
+        return "complete"
