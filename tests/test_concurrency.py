@@ -201,3 +201,35 @@ async def test_concurrent_requests_share_one_token_request(fake, regcache_factor
                                    for repo in images for _ in range(4)))
     assert {r.status for r in again} == {200}
     assert fake.token_requests == 2
+
+
+async def test_a_late_401_does_not_discard_a_fresh_token(fake, regcache_factory):
+    """Two first requests of one scope both meet a 401; the one answered last must reuse the
+    token the other fetched meanwhile, not throw it away and ask again."""
+    fake.require_auth = True
+    fake.add_image("library/app", "slow", [b"one"])
+    fake.add_image("library/app", "fast", [b"two"])
+    fake.faults["slow"] = Fault(challenge_delay=0.5, times=1)
+    rc = await regcache_factory()
+    slow, fast = await asyncio.gather(
+        raw_get(rc.port, "/v2/library/app/manifests/slow", {"Accept": SCHEMA2}),
+        raw_get(rc.port, "/v2/library/app/manifests/fast", {"Accept": SCHEMA2}))
+    assert slow.status == fast.status == 200
+    assert fake.token_requests == 1
+
+
+async def test_a_rejected_token_is_replaced_once_for_all_concurrent_requests(fake, regcache_factory):
+    fake.require_auth = True
+    fake.add_image("library/app", "v1", [b"one"])
+    rc = await regcache_factory()
+    assert (await raw_get(rc.port, "/v2/library/app/manifests/v1", {"Accept": SCHEMA2})).status == 200
+    assert fake.token_requests == 1
+    fake.token_value = "rotated-token"  # upstream now rejects the cached token
+    fake.token_fault = Fault(delay=0.3)
+    tags = [f"t{i}" for i in range(6)]
+    for tag in tags:
+        fake.add_image("library/app", tag, [tag.encode()])
+    responses = await asyncio.gather(*(raw_get(rc.port, f"/v2/library/app/manifests/{tag}", {"Accept": SCHEMA2})
+                                       for tag in tags))
+    assert {r.status for r in responses} == {200}
+    assert fake.token_requests == 2

@@ -89,8 +89,15 @@ class TokenCache:
             return token.value
         return None
 
-    def invalidate(self, scope: str) -> None:
-        self._tokens.pop(scope, None)
+    def invalidate(self, scope: str, rejected: str | None = None) -> None:
+        """Forget the token of `scope`; with `rejected`, only if that is still the cached one.
+
+        A request that sent an old token (or none) and got 401 must not throw away the
+        fresh token another request fetched meanwhile: that would cost a token request each.
+        """
+        token = self._tokens.get(scope)
+        if token is not None and (rejected is None or token.value == rejected):
+            del self._tokens[scope]
 
     async def get(self, scope: str, fetch: TokenFetcher) -> str:
         value = self.cached(scope)

@@ -185,7 +185,8 @@ class UpstreamClient:
                 if challenge is not None and not (sent_auth and "insufficient_scope" in www):
                     resp.release()
                     self._challenge = challenge
-                    self.tokens.invalidate(scope)
+                    if sent_auth and sent_auth.startswith("Bearer "):
+                        self.tokens.invalidate(scope, rejected=sent_auth.removeprefix("Bearer "))
                     resp = await self._send(method, url, kind, headers, await self._auth_header(scope))
             redirects = 0
             while follow_redirects and resp.status in (301, 302, 303, 307, 308):

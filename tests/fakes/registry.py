@@ -32,6 +32,7 @@ class Fault:
     chunk_delay: float = 0.0           # sleep between chunks
     stall_after: int | None = None     # after this many bytes, stop sending until the peer leaves
     delay: float = 0.0                 # sleep before answering (holds requests in flight)
+    challenge_delay: float = 0.0       # manifests: sleep before answering 401 to an unauthorized request
     times: int | None = None           # apply to this many requests, then behave (None = always)
 
     def use(self) -> bool:
@@ -66,6 +67,7 @@ class FakeRegistry:
     token_body: bytes | None = None     # answer this instead of a token (garbage)
     redirect_base: str | None = None    # blob GETs answer 307 to <redirect_base>/cdn/<digest>
     token_realm: str | None = None      # realm announced in challenges (default: our /token)
+    token_value: str = "good-token"     # the token issued, and the only one accepted
     chunk_size: int = 64 * 1024
     base_url: str = ""
     server: object | None = None        # the aiohttp TestServer while serving (see serve/stop)
@@ -148,7 +150,7 @@ class FakeRegistry:
         return entry
 
     def _challenge(self, request: web.Request, repo: str) -> web.Response | None:
-        if not self.require_auth or request.headers.get("Authorization") == "Bearer good-token":
+        if not self.require_auth or request.headers.get("Authorization") == f"Bearer {self.token_value}":
             return None
         realm = self.token_realm or f"{self.base_url}/token"
         return web.json_response(
@@ -165,7 +167,7 @@ class FakeRegistry:
             return web.Response(status=fault.status)
         if self.token_body is not None:
             return web.Response(body=self.token_body, content_type="application/json")
-        return web.json_response({"token": "good-token", "expires_in": 300})
+        return web.json_response({"token": self.token_value, "expires_in": 300})
 
     async def _base(self, request: web.Request) -> web.StreamResponse:
         self._record(request)
@@ -184,6 +186,9 @@ class FakeRegistry:
         repo, ref = request.match_info["name"], request.match_info["ref"]
         denied = self._challenge(request, repo)
         if denied:
+            fault = self.faults.get(ref)
+            if fault and fault.challenge_delay and fault.use():
+                await asyncio.sleep(fault.challenge_delay)
             return denied
         fault = self.faults.get(ref)
         if fault and not fault.use():
