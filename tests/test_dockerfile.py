@@ -202,6 +202,17 @@ def test_install_serves_as_non_root_from_read_only_install(install, config, tmp_
             assert int(uid) == int(subprocess.run(["id", "-u", NOBODY[0]], capture_output=True,
                                                   text=True).stdout)
             assert (data / "v1").is_dir() and (data / "v1").stat().st_uid == int(uid)
+            if config != "builtin":
+                # The chart's gc CronJob: the same command line, user and config, on the store
+                # the server is using.
+                gc_name = f"regcache-{config.split(':')[1]}-gc"
+                (cron,) = [c for c in find(render(), "CronJob") if c["metadata"]["name"] == gc_name]
+                (gc,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+                gc_args = [str(config_file) if a == "/etc/regcache/config.yaml" else a for a in gc["args"]]
+                done = subprocess.run([*argv[:5], f"{install}/opt/regcache/bin/regcache", *gc_args, "--json"],
+                                      env=env, cwd="/", capture_output=True, text=True, timeout=120)
+                assert done.returncode == 0, done.stdout + done.stderr
+                assert isinstance(json.loads(done.stdout), dict)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=20)
