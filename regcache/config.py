@@ -197,25 +197,36 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+# Kubernetes injects <SERVICE>_SERVICE_HOST, <SERVICE>_PORT, <SERVICE>_PORT_5000_TCP... for
+# every Service in the namespace; a Service named "regcache..." must not stop regcache.
+_SERVICE_LINK_RE = re.compile(r"\w+_(SERVICE_HOST|SERVICE_PORT\w*|PORT|PORT_\d+_(TCP|UDP|SCTP)\w*)")
+# Values kept as strings, not parsed as YAML (a username "yes" or "0123" stays as written).
+_STRING_KEYS = {"username", "password_file", "password_env", "url", "name", "root", "address",
+                "default_upstream"}
+
+
 def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
     """Apply REGCACHE_<SECTION>_<KEY> and REGCACHE_<LIST>_<N>_<KEY> (values parsed as YAML)."""
     for name, value in sorted(environ.items()):
         if not name.startswith("REGCACHE_") or name == "REGCACHE_CONFIG":
             continue
         rest = name[len("REGCACHE_"):].lower()
-        parsed = yaml.safe_load(value) if value else value
         section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
-        if section:
-            raw.setdefault(section, {})[rest[len(section) + 1:]] = parsed
-            continue
         match = re.fullmatch(rf"({'|'.join(_LISTS)})_(\d+)_(\w+)", rest)
-        if not match:
+        if section is None and match is None:
+            if _SERVICE_LINK_RE.fullmatch(name):
+                continue
             raise ConfigError(f"environment variable {name}: not a known setting")
-        items = raw.setdefault(match.group(1), [])
-        index = int(match.group(2))
+        key = rest[len(section) + 1:] if section else match.group(3)  # type: ignore[union-attr]
+        parsed = value if key in _STRING_KEYS or not value else yaml.safe_load(value)
+        if section:
+            raw.setdefault(section, {})[key] = parsed
+            continue
+        items = raw.setdefault(match.group(1), [])  # type: ignore[union-attr]
+        index = int(match.group(2))  # type: ignore[union-attr]
         while len(items) <= index:
             items.append({})
-        items[index] = dict(items[index], **{match.group(3): parsed})
+        items[index] = dict(items[index], **{key: parsed})
 
 
 def _section(raw: dict[str, Any], name: str, allowed: set[str]) -> dict[str, Any]:

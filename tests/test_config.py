@@ -96,6 +96,17 @@ def test_unknown_environment_setting_is_an_error():
         load_settings(None, {"REGCACHE_NOPE": "1"})
 
 
+def test_kubernetes_service_links_are_ignored_and_strings_stay_strings():
+    settings = load_settings(None, {
+        "REGCACHE_DOCKERHUB_PORT": "tcp://10.0.0.1:5000",
+        "REGCACHE_DOCKERHUB_SERVICE_HOST": "10.0.0.1",
+        "REGCACHE_DOCKERHUB_PORT_5000_TCP_ADDR": "10.0.0.1",
+        "REGCACHE_UPSTREAMS_0_USERNAME": "0123",
+        "REGCACHE_UPSTREAMS_0_PASSWORD_ENV": "PW", "PW": "x",
+    })
+    assert settings.upstreams[0].username == "0123"
+
+
 def test_cli_reports_bad_config_and_exits_2(tmp_path, capsys):
     from regcache.cli import main
 
