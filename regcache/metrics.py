@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
                                generate_latest)
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import exposition
 
 from regcache import __version__
 
@@ -95,7 +95,9 @@ def _pick(value: str, allowed: tuple[str, ...]) -> str:
 class Metrics:
     """All of regcache's series, in a registry passed in (one per app in tests)."""
 
-    content_type = CONTENT_TYPE_LATEST
+    # The classic text format 0.0.4, which every Prometheus (2.x and 3.x) reads; the names
+    # are plain ASCII, so prometheus_client's output is the same in both versions.
+    content_type = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST)
 
     def __init__(self, registry: CollectorRegistry, upstreams: tuple[str, ...],
                  store_max_bytes: int = 0) -> None:
