@@ -67,6 +67,7 @@ async def test_closed_range_on_a_miss_is_sent_before_the_download_ends(fake, reg
     assert response.complete and response.body == data[1000:2000]
     # Not the blob's end, so nothing to hold back until verification.
     assert response.done_at < upstream.finished
+    await wait_until(lambda: not tmp_files(rc.root), what="fill committed")
     assert_store_clean(rc.root, {digest})
 
 

@@ -9,6 +9,7 @@ explicit `Content-Length` (also on HEAD), `Docker-Content-Digest`, quoted `ETag`
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -128,8 +129,11 @@ async def _stream_blob(request: web.Request, found: RemoteBlob, byte_range: tupl
         return response
     request["streaming"] = True
     try:
-        async for piece in found.fill.stream(start, end):
-            await response.write(piece)
+        # aclosing: a client that goes away (write raises) leaves the fill's subscriber list
+        # at once, not when the generator is garbage collected; the fill itself goes on.
+        async with aclosing(found.fill.stream(start, end)) as pieces:
+            async for piece in pieces:
+                await response.write(piece)
     except FillAborted:
         # Never end a short or unverified blob cleanly: drop the connection instead.
         if request.transport is not None:
