@@ -20,7 +20,7 @@ import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Mapping
-from urllib.parse import urlencode, urljoin
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import aiohttp
 
@@ -217,11 +217,16 @@ class UpstreamClient:
                 auto_decompress=False, timeout=self._timeout)
         except asyncio.TimeoutError as exc:
             self._observe(self.name, method, None, loop.time() - started, kind, None)
+            log.debug("%s: %s %s timed out", self.name, method, _loggable(url))
             raise UpstreamTimeout(f"{method} {kind}: upstream timed out") from exc
         except aiohttp.ClientError as exc:
             self._observe(self.name, method, None, loop.time() - started, kind, None)
+            log.debug("%s: %s %s failed: %s", self.name, method, _loggable(url), type(exc).__name__)
             raise UpstreamUnavailable(f"{method} {kind}: {type(exc).__name__}") from exc
-        self._observe(self.name, method, resp.status, loop.time() - started, kind, resp.headers)
+        seconds = loop.time() - started
+        self._observe(self.name, method, resp.status, seconds, kind, resp.headers)
+        log.debug("%s: %s %s (auth %s) -> %d in %.3fs", self.name, method, _loggable(url),
+                  auth.split(" ", 1)[0].lower() if auth else "none", resp.status, seconds)
         return resp
 
     async def _auth_header(self, scope: str) -> str | None:
@@ -264,6 +269,14 @@ class UpstreamClient:
         if not isinstance(value, str) or not value:
             raise UpstreamUnavailable("token server answered without a token")
         return Token(value, self.tokens.lifetime_to_expiry(doc.get("expires_in")))
+
+
+def _loggable(url: str) -> str:
+    """A URL for a debug line: no user info and no query string (a CDN's presigned query
+    is a credential; a token realm's query names only scope and service, but still)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
 
 def _media_type(resp: aiohttp.ClientResponse) -> str:

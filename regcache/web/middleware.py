@@ -109,15 +109,18 @@ def _log_path(request: web.Request) -> str:
 def _log_access(request: web.Request, status: int, size: int, seconds: float) -> None:
     """One line per request: logfmt in the plain format, top-level keys in JSON."""
     fields = {
-        "client": request.remote or "-", "method": request.method, "path": _log_path(request),
+        "client": request.remote, "method": request.method, "path": _log_path(request),
         "status": status, "bytes": size, "duration_s": round(seconds, 6),
-        "upstream": request.get("upstream") or "-", "cache": request.get("cache_result") or "-",
+        "upstream": request.get("upstream"), "cache": request.get("cache_result"),
     }
     message = " ".join(f"{key}={_logfmt(value)}" for key, value in fields.items())
     access_log.info(message, extra={"access": fields})
 
 
 def _logfmt(value: object) -> str:
+    """A logfmt value: bare when safe, quoted otherwise, "-" for none (null in JSON)."""
+    if value is None:
+        return "-"
     text = str(value)
     if text and all(c.isprintable() and c not in ' "=' for c in text):
         return text
