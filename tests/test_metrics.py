@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from regcache.app import create_app
+from regcache.app import SERVICES, create_app
 from regcache.config import build_settings
 from regcache.metrics import STORE_KINDS, parse_ratelimit
 from tests.fakes.fixtures import fake, make_settings  # noqa: F401  (fixture)
@@ -372,6 +373,43 @@ async def test_store_gauges_match_the_files_on_disk(hub_upstream, tmp_path):
     stat = os.statvfs(root)
     assert samples["regcache_disk_size_bytes"] == stat.f_blocks * stat.f_frsize
     assert samples["regcache_store_scan_timestamp_seconds"] > 0
+
+
+async def test_gc_sweep_counts_evictions_and_the_store_gauges_follow(hub_upstream, tmp_path):
+    """The server's own sweep (the code `regcache gc` runs too): every removal is counted
+    by kind and reason with its bytes, the run is counted, and the next scrape rescans
+    the store. Last-access times are file mtimes, so ageing the files is ageing the cache."""
+    image = hub_upstream.image("library/hello:latest")
+    client = await serve(real_settings(tmp_path / "data", hub_upstream))
+    try:
+        await pull(client, "library/hello", "latest", image)
+        before = await scrape(client)
+        assert before['regcache_store_objects{kind="blob"}'] == len(image.blobs)
+        services = client.server.app[SERVICES]
+        await services.flush_access_times()
+        old = time.time() - 2 * services.settings.cache.ttl
+        for path in (tmp_path / "data" / "v1").rglob("*"):
+            if path.is_file() and path.parent.name != "tmp":
+                os.utime(path, (old, old))
+        report = await services.sweep()
+        after = await scrape(client)
+    finally:
+        await client.close()
+    assert report.items and not report.errors
+    expected: dict[str, float] = {'regcache_gc_runs_total{result="ok"}': 1}
+    for item in report.items:
+        for name, n in ((f'regcache_evictions_total{{kind="{item.kind}",reason="{item.reason}"}}', 1),
+                        (f'regcache_evicted_bytes_total{{kind="{item.kind}",reason="{item.reason}"}}', item.bytes)):
+            expected[name] = expected.get(name, 0) + n
+    deltas = counter_deltas(before, after)
+    assert {k: v for k, v in deltas.items() if "_evict" in k or "_gc_" in k} == expected
+    removed_blobs = [i for i in report.items if i.kind == "blob"]
+    assert len(removed_blobs) == len(image.blobs)
+    assert sum(i.bytes for i in removed_blobs) == blob_bytes(image)
+    assert after["regcache_gc_last_run_timestamp_seconds"] >= before["regcache_store_scan_timestamp_seconds"]
+    for kind in ("blob", "manifest", "tag"):
+        assert after[f'regcache_store_objects{{kind="{kind}"}}'] == 0, kind
+        assert after[f'regcache_store_bytes{{kind="{kind}"}}'] == 0, kind
 
 
 async def test_metrics_disabled_means_no_endpoint(fake, tmp_path):
