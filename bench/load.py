@@ -8,6 +8,7 @@ is fine for caches whose p50 is milliseconds. wrk is not used: 4.1 never complet
 from __future__ import annotations
 
 import re
+import resource
 import shutil
 import subprocess
 
@@ -29,10 +30,15 @@ def run_hey(url: str, method: str, concurrency: int, seconds: float) -> dict:
     """Load url for `seconds` with `concurrency` workers; requests/s, p50/p99 ms, errors."""
     argv = ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", method,
             "-t", "20", "-H", f"Accept: {ACCEPT}", url]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode != 0:
         raise RuntimeError(f"hey failed ({out.returncode}): {out.stderr[-500:]}")
-    return parse_hey(out.stdout)
+    result = parse_hey(out.stdout)
+    # hey's own CPU time: evidence that the load generator is not what limits the figure.
+    result["client_cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return result
 
 
 def parse_hey(text: str) -> dict:

@@ -60,7 +60,11 @@ def build_rows(raw: dict, peak_rss: dict[str, float | None]) -> list[Row]:
         Row("cold miss, time to first byte (ms)", "lower", col("cold", "ttfb_ms"), "{:,.1f}"),
         Row("cold miss, upstream blob GETs", "lower", col("cold", "upstream_gets"), "{:,.0f}"),
         Row("8 concurrent cold, upstream blob GETs", "lower", col("cold8", "upstream_gets"), "{:,.0f}"),
-        Row("8 concurrent cold, wall time (s)", "lower", col("cold8", "wall_s"), "{:,.2f}"),
+        Row("8 concurrent cold, wall time (s); limit: one direct fetch", "lower",
+            col("cold8", "wall_s"), "{:,.2f}"),
+        Row("8 concurrent cold, wall time (s); limit: 8 clients direct", "lower",
+            col("cold8", "wall_s", lambda: median(raw.get("cold8", {}).get("direct-8-clients"), "wall_s")),
+            "{:,.2f}"),
     ]
     for kind, label in KIND_LABELS.items():
         fig = f"manifest_{kind}"

@@ -13,6 +13,7 @@ and bench/results/latest.json. See docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from seed import seed
 from servers import REPO_ROOT, Cache, Regcache, Registry2Proxy, Upstream, regcache_available
 
 RESULTS = Path(__file__).resolve().parent / "results"
+NPROC = os.cpu_count() or 1
 
 
 @dataclass
@@ -46,14 +48,15 @@ class Plan:
 MODES = {
     "full": Plan("full", 1 << 30, 3, 10, 3),
     "quick": Plan("quick", 256 << 20, 3, 3, 2),
-    "smoke": Plan("smoke", 4 << 20, 1, 1, 1),
+    "smoke": Plan("smoke", 4 << 20, 1, 0.5, 0.5),
 }
 
 
 class Bench:
     """One run: the servers, the raw repetitions and the errors met on the way."""
 
-    def __init__(self, plan: Plan, workdir: Path, caches: list[str], profile: bool) -> None:
+    def __init__(self, plan: Plan, workdir: Path, caches: list[str], profile: bool,
+                 results: Path) -> None:
         self.plan = plan
         self.workdir = workdir
         self.procs = Procs()
@@ -63,6 +66,7 @@ class Bench:
         self.cache_names = caches
         self.caches: list[Cache] = []
         self.profile = profile
+        self.results = results
         self.t0 = time.monotonic()
 
     def log(self, msg: str) -> None:
@@ -147,8 +151,8 @@ class Bench:
     def start_profile(self, phase: str) -> list:
         if not self.profile:
             return []
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        return [(c, Recorder(c.proc.proc.pid, RESULTS / f"profile-{phase}-{c.name}.txt"))
+        self.results.mkdir(parents=True, exist_ok=True)
+        return [(c, Recorder(c.proc.proc.pid, self.results / f"profile-{phase}-{c.name}.txt"))
                 for c in self.caches if c.name == "regcache" and c.proc]
 
     def stop_profile(self, phase: str, recorders: list) -> None:
@@ -176,7 +180,8 @@ def parse_args(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
     ap.add_argument("--profile", action="store_true",
                     help="py-spy regcache during the hit and manifest phases")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
-    ap.add_argument("--json", type=Path, help="also write the JSON record here")
+    ap.add_argument("--results", type=Path, default=RESULTS,
+                    help="folder for the JSON records and profiles (default: bench/results)")
     args = ap.parse_args(argv)
     base = MODES[args.mode or "full"]
     plan = Plan(base.mode, base.blob_size, base.reps, base.seconds, base.limit_seconds)
@@ -207,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"no profile: {why}")
     meta = report.machine(REPO_ROOT)
     workdir = Path(tempfile.mkdtemp(prefix="regcache-bench-"))
-    bench = Bench(plan, workdir, caches, args.profile)
+    bench = Bench(plan, workdir, caches, args.profile, args.results)
     bench.log(f"mode {plan.mode}, work dir {workdir}")
     interrupted = False
     try:
@@ -236,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
               "rows": report.rows_json(rows), "notes": extra + notes, "raw": bench.raw,
               "profiles": bench.profiles}
     stamp = meta["date"].replace(":", "").replace("-", "")
-    for path in [RESULTS / f"{stamp}-{plan.mode}.json", RESULTS / "latest.json"] + ([args.json] if args.json else []):
+    for path in (args.results / f"{stamp}-{plan.mode}.json", args.results / "latest.json"):
         report.write_json(path, record)
     for phase, prof in bench.profiles.items():
         print(f"\nprofile ({phase}, {prof['samples']} samples, {prof['file']}): top self time")
@@ -253,9 +258,21 @@ def limits_note(raw: dict) -> list[str]:
         per = raw.get(fig, {})
         out.append(f"hit limit, {label}: nginx sendfile {fmt(med(per.get('nginx-sendfile'), 'mib_s'))} MiB/s, "
                    f"nginx 1 MiB copy {fmt(med(per.get('nginx-copy'), 'mib_s'))} MiB/s (limit = the faster)")
-    cold8 = raw.get("cold8", {})
-    out.append(f"8 concurrent cold: limit = one direct fetch ({fmt(med(cold8.get('limit'), 'wall_s'), '{:.2f}')} s); "
-               f"8 clients direct from the upstream took {fmt(med(cold8.get('direct-8-clients'), 'wall_s'), '{:.2f}')} s")
+    for fig, label in (("hit_1", "1 client"), ("hit_8", "8 clients")):
+        reps = [r for r in raw.get(fig, {}).get("nginx-copy", []) if "client_cpu_s" in r]
+        if reps:
+            share = sum(r["client_cpu_s"] for r in reps) / sum(r["wall_s"] for r in reps) / NPROC
+            out.append(f"blob client CPU during the nginx 1 MiB copy hits, {label}: "
+                       f"{100 * share:.0f}% of the machine")
+    for kind in ("head_tag", "get_digest"):
+        per = raw.get(f"manifest_{kind}", {})
+        shares = []
+        for target in ("regcache", "limit"):
+            reps = [r for r in per.get(target, []) if r.get("client_cpu_s") and r.get("duration_s")]
+            if reps:
+                shares.append(f"{target} {100 * sum(r['client_cpu_s'] for r in reps) / sum(r['duration_s'] for r in reps) / NPROC:.0f}%")
+        if shares:
+            out.append(f"hey CPU during manifest {kind} (share of the machine): {', '.join(shares)}")
     return out
 
 
