@@ -20,20 +20,18 @@ from regcache.config import ConfigError, Settings, parse_duration
 
 
 class ProgressPrinter:
-    """Throttled progress lines on stderr: `gc: scan blobs 45000`."""
+    """Progress lines on stderr (`gc: scan blobs 45000`), at most one per `every` seconds and
+    none during the first `every` seconds: a short run prints only its summary."""
 
     def __init__(self, prefix: str, stream: TextIO | None = None, every: float = 1.0) -> None:
         self.prefix = prefix
         self.stream = stream or sys.stderr
         self.every = every
-        self._last = 0.0
+        self._last = time.monotonic()
 
     def __call__(self, phase: str, done: int, total: int | None) -> None:
         now = time.monotonic()
-        final = total is not None and done == total
-        if now - self._last < self.every and not final:
-            return
-        if final and done == 0:
+        if now - self._last < self.every:
             return
         self._last = now
         of = f"/{total}" if total is not None else ""
@@ -47,6 +45,8 @@ def add_parsers(sub: argparse._SubParsersAction, config_help: str) -> None:  # t
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
     gc.add_argument("--grace", help="keep anything used or written within this duration (default: cache.gc_grace)")
     gc.add_argument("--list", action="store_true", help="print every removed object (default with --dry-run)")
+    gc.add_argument("--progress", type=float, default=1.0, metavar="SECONDS",
+                    help="progress on stderr at most this often, after the first SECONDS (default 1)")
     check = sub.add_parser("check", help="re-hash stored blobs and manifests; quarantine mismatches")
     check.add_argument("--config", "-c", help=config_help)
     check.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -83,7 +83,7 @@ def run_gc(args: argparse.Namespace, settings: Settings) -> int:
     if not store.root.is_dir():
         print(f"regcache gc: {store.root} does not exist yet; nothing to collect", file=sys.stderr)
     report = collect(store, settings.cache, dry_run=args.dry_run, grace=grace,
-                     progress=ProgressPrinter("gc"))
+                     progress=ProgressPrinter("gc", every=args.progress))
     with_items = args.list or args.dry_run
     if args.json:
         print(json.dumps(report.to_json(with_items=with_items), indent=2))

@@ -21,23 +21,23 @@ Policy, in order:
    max_size` (and free space is back at the floor plus the same watermark gap).
    The unit of eviction is one object, in order of its own last access, but an object is
    pinned while a remaining object references it: evicting a tag unpins its manifest,
-   evicting a manifest unpins its blobs, which then go in their own LRU turn (at once if
-   they are older than the cursor). So content shared with a hot image is never evicted,
-   and an image's blobs follow its manifest out.
+   evicting a manifest unpins its blobs, which then go in their own LRU turn, or at once
+   if nothing but that pin held them (unused for `ttl` themselves). So content shared with
+   a hot image is never evicted, and an image's blobs follow its manifest out.
 """
 
 from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 TAG, MANIFEST, BLOB = "tag", "manifest", "blob"
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One stored object. `key` is unique across kinds ("blob:sha256:..", "tag:up/repo/_tags/t")."""
+class Entry(NamedTuple):
+    """One stored object. `key` is unique across kinds ("blob:sha256:..", "tag:up/repo/_tags/t").
+    A NamedTuple: a gc of 100k blobs builds 100k of these."""
 
     key: str
     kind: str
@@ -106,7 +106,7 @@ def plan(entries: dict[str, Entry], now: float, policy: Policy, free_bytes: int 
     target = _target_bytes(result, policy, free_bytes, entries)
     if target is not None:
         result.target_bytes = target
-        result.evicted, remaining = _evict_lru(entries, live, protected, result.live_bytes, target)
+        result.evicted, remaining = _evict_lru(entries, live, protected, set(roots), result.live_bytes, target)
         result.target_reached = remaining <= target
     return result
 
@@ -145,9 +145,13 @@ def _target_bytes(result: Plan, policy: Policy, free_bytes: int | None,
     return target
 
 
-def _evict_lru(entries: dict[str, Entry], live: set[str], protected: set[str],
+def _evict_lru(entries: dict[str, Entry], live: set[str], protected: set[str], roots: set[str],
                live_bytes: int, target: int) -> tuple[list[str], int]:
-    """Evict live, unprotected objects oldest first, honouring pins; returns (keys, bytes left)."""
+    """Evict live, unprotected objects oldest first, honouring pins; returns (keys, bytes left).
+
+    An object that was live only through a referrer (itself unused for `ttl`) goes with its
+    last referrer at once, whatever the target: it has expired, the pin was all that held it.
+    """
     pins = {k: 0 for k in live}
     for key in live:
         for ref in set(entries[key].refs):
@@ -159,17 +163,27 @@ def _evict_lru(entries: dict[str, Entry], live: set[str], protected: set[str],
     evicted: list[str] = []
     while heap and live_bytes > target:
         _, key = heapq.heappop(heap)
+        if key in pinned_aside or pins[key] < 0:
+            continue  # already evicted by a cascade
         if pins[key] > 0:
             pinned_aside.add(key)  # comes back when its last referrer is evicted
             continue
-        evicted.append(key)
-        entry = entries[key]
-        if counts_toward_size(entry):
-            live_bytes -= entry.size
-        for ref in set(entry.refs):
-            if ref in pins:
+        cascade = [key]
+        while cascade:
+            victim = cascade.pop()
+            pins[victim] = -1  # marks it evicted
+            evicted.append(victim)
+            if counts_toward_size(entries[victim]):
+                live_bytes -= entries[victim].size
+            for ref in set(entries[victim].refs):
+                if ref not in pins or pins[ref] <= 0:
+                    continue
                 pins[ref] -= 1
-                if pins[ref] == 0 and ref in pinned_aside:
-                    pinned_aside.discard(ref)
-                    heapq.heappush(heap, (entries[ref].last_access, ref))
+                if pins[ref] == 0 and ref not in protected:
+                    if ref not in roots:
+                        pinned_aside.discard(ref)
+                        cascade.append(ref)
+                    elif ref in pinned_aside:
+                        pinned_aside.discard(ref)
+                        heapq.heappush(heap, (entries[ref].last_access, ref))
     return evicted, live_bytes

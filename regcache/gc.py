@@ -134,9 +134,10 @@ def collect(store: FsStore, cache: CacheConfig, *, now: float | None = None, dry
     now = time.time() if now is None else now
     grace = cache.gc_grace if grace is None else grace
     report = GcReport(dry_run=dry_run)
-    with _exclusive(store, skip=dry_run) as got_lock:
+    with _exclusive(store, skip=dry_run, report=report) as got_lock:
         if not got_lock:
             report.ran = False
+            report.duration = time.monotonic() - started
             return report
         snapshot = scan(store, report, progress)
         policy = Policy(ttl=cache.ttl, grace=grace, max_size=cache.max_size,
@@ -160,12 +161,17 @@ def collect(store: FsStore, cache: CacheConfig, *, now: float | None = None, dry
 
 
 @contextlib.contextmanager
-def _exclusive(store: FsStore, skip: bool) -> Iterator[bool]:
-    """Hold v1/gc.lock (non-blocking); yields False if another gc holds it."""
+def _exclusive(store: FsStore, skip: bool, report: GcReport) -> Iterator[bool]:
+    """Hold v1/gc.lock (non-blocking); yields False if another gc holds it or it cannot be made."""
     if skip or not store.root.exists():
         yield True
         return
-    fd = os.open(store.gc_lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(store.gc_lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError as exc:
+        report.errors.append(f"cannot open {store.gc_lock_path}: {exc.strerror}")
+        yield False
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -190,10 +196,13 @@ def _free_bytes(store: FsStore) -> int | None:
 def scan(store: FsStore, report: GcReport, progress: Progress | None = None) -> Snapshot:
     """Read the store's records: sizes, access times, references (blocking; scandir)."""
     snapshot = Snapshot()
-    for kind, items, reader in ((TAG, store.iter_tags(), _tag_refs),
+    entries, files = snapshot.entries, snapshot.files
+    empty_dirs: list[str] = []
+    for kind, items, reader in ((TAG, store.iter_tags(empty_dirs), _tag_refs),
                                 (MANIFEST, store.iter_manifests(), _manifest_refs),
                                 (BLOB, store.iter_blobs(), None)):
-        tally = report.scanned[kind]
+        count = size = 0
+        prefix = kind + ":"
         for name, entry in items:
             try:
                 st = entry.stat(follow_symlinks=False)
@@ -203,15 +212,17 @@ def scan(store: FsStore, report: GcReport, progress: Progress | None = None) -> 
             except OSError as exc:
                 report.errors.append(f"cannot read {entry.path}: {exc.strerror}")
                 continue
-            key = key_for(kind, name)
-            snapshot.entries[key] = Entry(key, kind, st.st_size, st.st_mtime, refs)
-            snapshot.files[key] = (entry.path, st.st_mtime_ns)
-            tally.add(st.st_size)
-            if progress and tally.objects % PROGRESS_EVERY == 0:
-                progress(f"scan {kind}s", tally.objects, None)
+            key = prefix + name
+            entries[key] = Entry(key, kind, st.st_size, st.st_mtime, refs)
+            files[key] = (entry.path, st.st_mtime_ns)
+            count += 1
+            size += st.st_size
+            if progress and count % PROGRESS_EVERY == 0:
+                progress(f"scan {kind}s", count, None)
+        report.scanned[kind] = Tally(count, size)
         if progress:
-            progress(f"scan {kind}s", tally.objects, tally.objects)
-    snapshot.empty_tag_dirs = _empty_dirs(store.tags_dir)
+            progress(f"scan {kind}s", count, count)
+    snapshot.empty_tag_dirs = _mtimes(empty_dirs)
     return snapshot
 
 
@@ -234,15 +245,11 @@ def _manifest_refs(path: str) -> tuple[str, ...]:
     return tuple([key_for(MANIFEST, d) for d in children] + [key_for(BLOB, d) for d in blobs])
 
 
-def _empty_dirs(top: Path) -> list[tuple[str, float]]:
-    """Empty folders below `top` (left by removed tag records), deepest first, with mtimes."""
-    found: list[tuple[str, float]] = []
-    for folder, dirs, files in os.walk(top, topdown=False):
-        if folder != str(top) and not dirs and not files:
-            try:
-                found.append((folder, os.stat(folder).st_mtime))
-            except FileNotFoundError:
-                pass
+def _mtimes(folders: list[str]) -> list[tuple[str, float]]:
+    found = []
+    for folder in folders:
+        with contextlib.suppress(FileNotFoundError):
+            found.append((folder, os.stat(folder).st_mtime))
     return found
 
 
@@ -325,8 +332,9 @@ def _remove_stale_tmp(store: FsStore, cutoff: float, report: GcReport, dry_run: 
 
 
 def _remove_empty_dirs(snapshot: Snapshot, cutoff: float, dry_run: bool) -> None:
-    """Folders already empty at the scan and untouched for `grace`; a race with a new tag
-    record only costs that record (the server logs it and writes it on the next pull)."""
+    """Tag folders already empty at the scan and untouched for `grace` (a parent emptied by
+    this goes on the next run). A race with a new tag record only costs that record: the
+    server logs it and writes it on the next pull."""
     if dry_run:
         return
     for folder, mtime in snapshot.empty_tag_dirs:
@@ -348,6 +356,8 @@ def format_bytes(n: int) -> str:
 def summary_lines(report: GcReport) -> list[str]:
     """The human summary printed by `regcache gc`."""
     if not report.ran:
+        if report.errors:
+            return ["gc: could not start; nothing done"]
         return ["gc: another gc is running on this store; nothing done"]
     verb = "would remove" if report.dry_run else "removed"
     total = report.removed_total

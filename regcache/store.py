@@ -163,11 +163,24 @@ class FsStore:
         """("<algorithm>:<hex>", file) for every stored manifest."""
         return _iter_content(self.root / "manifests")
 
-    def iter_tags(self) -> Iterator[tuple[str, os.DirEntry[str]]]:
-        """("<upstream>/<repo>/_tags/<tag>", file) for every tag record."""
+    def iter_tags(self, empty_dirs: list[str] | None = None) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """("<upstream>/<repo>/_tags/<tag>", file) for every tag record; folders below
+        tags/ holding nothing at all are appended to `empty_dirs` (gc removes them)."""
         prefix = len(str(self.tags_dir)) + 1
-        for entry in iter_files(self.tags_dir):
-            yield entry.path[prefix:], entry
+        stack = [str(self.tags_dir)]
+        while stack:
+            folder = stack.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if not entries and empty_dirs is not None and len(folder) >= prefix:
+                empty_dirs.append(folder)
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    yield entry.path[prefix:], entry
 
     def iter_tmp(self) -> Iterator[os.DirEntry[str]]:
         return iter_files(self.tmp_dir)

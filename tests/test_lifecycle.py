@@ -9,7 +9,6 @@ what the server itself wrote. Upstream requests are counted where caching is the
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -306,8 +305,8 @@ def test_size_cap_never_evicts_a_blob_a_live_manifest_references():
     result = plan(entries, now, policy)  # 1600 content bytes > 1425: down to 1125
     assert result.evicted == ["blob:loose"]  # not blob:big, although it is older
     # When the tag is the oldest, it goes first and unpins its manifest, which unpins the blob.
-    entries["tag:up/a/_tags/1"] = dataclasses.replace(entries["tag:up/a/_tags/1"], last_access=now - 20000)
-    entries["manifest:A"] = dataclasses.replace(entries["manifest:A"], last_access=now - 20000)
+    entries["tag:up/a/_tags/1"] = entries["tag:up/a/_tags/1"]._replace(last_access=now - 20000)
+    entries["manifest:A"] = entries["manifest:A"]._replace(last_access=now - 20000)
     result = plan(entries, now, policy)
     assert result.evicted == ["tag:up/a/_tags/1", "manifest:A", "blob:big"]
 
@@ -320,3 +319,18 @@ def test_free_space_floor_evicts_like_the_cap():
     # 1000 * 1.10 wanted free: 400 bytes to go, oldest first.
     assert result.evicted == ["blob:9", "blob:8", "blob:7", "blob:6"]
     assert plan(entries, now, policy, free_bytes=5000).evicted == []
+
+
+def test_blob_held_only_by_an_evicted_manifest_goes_with_it():
+    now = 1_000_000.0
+    ttl = 100_000
+    entries = {e.key: e for e in [
+        Entry("tag:up/m/_tags/1", TAG, 50, now - 5000, ("manifest:M",)),
+        Entry("manifest:M", MANIFEST, 100, now - 5000, ("blob:X",)),
+        Entry("blob:X", BLOB, 50, now - 2 * ttl, ()),   # expired itself; only M holds it
+        Entry("blob:Y", BLOB, 1000, now - 10, ()),
+    ]}
+    policy = Policy(ttl=ttl, grace=0, max_size=1200, high_watermark=0.95, low_watermark=0.88)
+    result = plan(entries, now, policy)
+    # Evicting M reaches the target (1150 -> 1050 <= 1056), and X goes with it anyway.
+    assert result.expired == [] and result.evicted == ["tag:up/m/_tags/1", "manifest:M", "blob:X"]
