@@ -21,6 +21,7 @@ KIND_LABELS = {"head_tag": "manifest HEAD by tag", "get_tag": "manifest GET by t
 class Row:
     """One line of the table: the median of each column and the direction that is better."""
 
+    key: str                    # stable name for the JSON record (comparisons across runs)
     label: str
     better: str                 # "higher" or "lower"
     values: dict[str, float | None]   # registry:2, regcache, limit
@@ -54,31 +55,31 @@ def build_rows(raw: dict, peak_rss: dict[str, float | None]) -> list[Row]:
         return f
 
     rows = [
-        Row("hit, 1 client (MiB/s)", "higher", col("hit_1", "mib_s", best_nginx("hit_1"))),
-        Row("hit, 8 clients aggregate (MiB/s)", "higher", col("hit_8", "mib_s", best_nginx("hit_8"))),
-        Row("cold miss, 1 client (MiB/s)", "higher", col("cold", "mib_s")),
-        Row("cold miss, time to first byte (ms)", "lower", col("cold", "ttfb_ms"), "{:,.1f}"),
-        Row("cold miss, upstream blob GETs", "lower", col("cold", "upstream_gets"), "{:,.0f}"),
-        Row("8 concurrent cold, upstream blob GETs", "lower", col("cold8", "upstream_gets"), "{:,.0f}"),
-        Row("8 concurrent cold, wall time (s); limit: one direct fetch", "lower",
+        Row("hit_1_mib_s", "hit, 1 client (MiB/s)", "higher", col("hit_1", "mib_s", best_nginx("hit_1"))),
+        Row("hit_8_mib_s", "hit, 8 clients aggregate (MiB/s)", "higher", col("hit_8", "mib_s", best_nginx("hit_8"))),
+        Row("cold_mib_s", "cold miss, 1 client (MiB/s)", "higher", col("cold", "mib_s")),
+        Row("cold_ttfb_ms", "cold miss, time to first byte (ms)", "lower", col("cold", "ttfb_ms"), "{:,.1f}"),
+        Row("cold_upstream_gets", "cold miss, upstream blob GETs", "lower", col("cold", "upstream_gets"), "{:,.0f}"),
+        Row("cold8_upstream_gets", "8 concurrent cold, upstream blob GETs", "lower", col("cold8", "upstream_gets"), "{:,.0f}"),
+        Row("cold8_wall_s", "8 concurrent cold, wall time (s); limit: one direct fetch", "lower",
             col("cold8", "wall_s"), "{:,.2f}"),
-        Row("8 concurrent cold, wall time (s); limit: 8 clients direct", "lower",
+        Row("cold8_wall_s_vs_8_direct", "8 concurrent cold, wall time (s); limit: 8 clients direct", "lower",
             col("cold8", "wall_s", lambda: median(raw.get("cold8", {}).get("direct-8-clients"), "wall_s")),
             "{:,.2f}"),
     ]
     for kind, label in KIND_LABELS.items():
         fig = f"manifest_{kind}"
         rows += [
-            Row(f"{label}, c=32 (req/s)", "higher", col(fig, "ok_rps")),
-            Row(f"{label}, p50 (ms)", "lower", col(fig, "p50_ms"), "{:,.1f}"),
-            Row(f"{label}, p99 (ms)", "lower", col(fig, "p99_ms"), "{:,.1f}"),
-            Row(f"{label}, errors", "lower", col(fig, "errors"), "{:,.0f}"),
+            Row(f"{kind}_rps", f"{label}, c=32 (req/s)", "higher", col(fig, "ok_rps")),
+            Row(f"{kind}_p50_ms", f"{label}, p50 (ms)", "lower", col(fig, "p50_ms"), "{:,.1f}"),
+            Row(f"{kind}_p99_ms", f"{label}, p99 (ms)", "lower", col(fig, "p99_ms"), "{:,.1f}"),
+            Row(f"{kind}_errors", f"{label}, errors", "lower", col(fig, "errors"), "{:,.0f}"),
         ]
         if kind.endswith("_tag"):
             vals = col(fig, "upstream_per_request")
             vals["limit"] = None
-            rows.append(Row(f"{label}, upstream requests per request", "lower", vals, "{:,.2f}"))
-    rows.append(Row("peak RSS over the run (MiB)", "lower",
+            rows.append(Row(f"{kind}_upstream_per_request", f"{label}, upstream requests per request", "lower", vals, "{:,.2f}"))
+    rows.append(Row("peak_rss_mib", "peak RSS over the run (MiB)", "lower",
                     {"registry:2": peak_rss.get("registry:2"), "regcache": peak_rss.get("regcache"),
                      "limit": None}))
     return rows
@@ -143,6 +144,6 @@ def write_json(path: Path, record: dict) -> None:
 
 
 def rows_json(rows: list[Row]) -> list[dict]:
-    return [{"figure": r.label, "better": r.better, **r.values,
+    return [{"key": r.key, "figure": r.label, "better": r.better, **r.values,
              "regcache/registry:2": r.ratio("regcache", "registry:2"),
              "regcache/limit": r.ratio("regcache", "limit")} for r in rows]
