@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from load import run_hey
@@ -84,26 +85,31 @@ def count_blob_requests(upstream: Upstream, since: int, blob_hex: str) -> dict:
             "bytes": sum(int(e[3]) for e in entries if e[0] == "GET" and len(e) > 3)}
 
 
-def cold_single(cache: Cache, upstream: Upstream, seeded: Seeded) -> dict:
-    """Empty cache, one client fetches the big blob: throughput, first byte, upstream fetches."""
+def cold_single(cache: Cache, upstream: Upstream, seeded: Seeded, around=nullcontext) -> dict:
+    """Empty cache, one client fetches the big blob: throughput, first byte, upstream fetches.
+
+    `around(cache)` is a context manager wrapped around the fetch (run.py --profile)."""
     cache.restart_empty()
     warm_up(cache, seeded)
     mark = upstream.access_lines()
-    s = fetch(cache.port, seeded.blob_path(), 1, seeded.blob_size)
-    settle(upstream, cache, seeded.blob_hex)
+    with around(cache):
+        s = fetch(cache.port, seeded.blob_path(), 1, seeded.blob_size)
+        settle(upstream, cache, seeded.blob_hex)
     counts = count_blob_requests(upstream, mark, seeded.blob_hex)
     return {"mib_s": s["mib_s"], "ttfb_ms": s["ttfb_ms"], "wall_s": s["wall_s"],
             "upstream_gets": counts["gets"], "upstream_heads": counts["heads"],
             "upstream_bytes": counts["bytes"], "client_cpu_s": s["client_cpu_s"]}
 
 
-def cold_concurrent(cache: Cache, upstream: Upstream, seeded: Seeded, clients: int) -> dict:
+def cold_concurrent(cache: Cache, upstream: Upstream, seeded: Seeded, clients: int,
+                    around=nullcontext) -> dict:
     """Empty cache, `clients` clients ask for the big blob at once: wall time, upstream fetches."""
     cache.restart_empty()
     warm_up(cache, seeded)
     mark = upstream.access_lines()
-    s = fetch(cache.port, seeded.blob_path(), clients, seeded.blob_size)
-    settle(upstream, cache, seeded.blob_hex)
+    with around(cache):
+        s = fetch(cache.port, seeded.blob_path(), clients, seeded.blob_size)
+        settle(upstream, cache, seeded.blob_hex)
     counts = count_blob_requests(upstream, mark, seeded.blob_hex)
     return {"wall_s": s["wall_s"], "mib_s": s["mib_s"], "ttfb_ms": s["ttfb_ms"],
             "upstream_gets": counts["gets"], "upstream_heads": counts["heads"],

@@ -45,12 +45,13 @@ def _frame_name(frame: str) -> str:
     return f"{name} ({where.rsplit(':', 1)[0]})" if where else name
 
 
-def hotspots(collapsed: Path, top: int = 15) -> dict:
-    """Top functions by self and inclusive share of all samples."""
+def hotspots(collapsed: list[Path], top: int = 25) -> dict:
+    """Top functions by self and inclusive share of all samples in the files."""
     self_c: collections.Counter[str] = collections.Counter()
     incl_c: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in collapsed.read_text(errors="replace").splitlines():
+    lines = [ln for f in collapsed if f.exists() for ln in f.read_text(errors="replace").splitlines()]
+    for line in lines:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,7 @@ class Bench:
         self.raw: dict[str, dict[str, list]] = {}
         self.errors: list[str] = []
         self.profiles: dict[str, dict] = {}
+        self.pending: dict[str, list[Recorder]] = {}
         self.cache_names = caches
         self.caches: list[Cache] = []
         self.profile = profile
@@ -105,7 +107,8 @@ class Bench:
         self.log("cold miss, 1 client")
         for _ in range(p.reps):
             for c in self.caches:
-                self.measure("cold", c.name, figures.cold_single, c, self.upstream, s)
+                self.measure("cold", c.name, figures.cold_single, c, self.upstream, s,
+                             self.profiled("cold"))
             self.measure("cold", "limit", figures.direct, self.upstream, s, 1)
 
         self.log("hits")
@@ -122,10 +125,12 @@ class Bench:
                              kind, s, self.upstream, p.concurrency, p.limit_seconds, True)
         self.stop_profile("manifests", recorders)
 
+        self.finish_profiles()
         self.log(f"{p.clients} concurrent cold requests")
         for _ in range(p.reps):
             for c in self.caches:
-                self.measure("cold8", c.name, figures.cold_concurrent, c, self.upstream, s, p.clients)
+                self.measure("cold8", c.name, figures.cold_concurrent, c, self.upstream, s, p.clients,
+                             self.profiled("cold8"))
             self.measure("cold8", "limit", figures.direct, self.upstream, s, 1)
             self.measure("cold8", "direct-8-clients", figures.direct, self.upstream, s, p.clients)
 
@@ -149,19 +154,45 @@ class Bench:
             self.errors.append(f"hits: {gets} upstream blob GETs during the hit phase (expected 0)")
 
     def start_profile(self, phase: str) -> list:
+        """py-spy on regcache for a phase in which it is not restarted (hits, manifests)."""
         if not self.profile:
             return []
         self.results.mkdir(parents=True, exist_ok=True)
-        return [(c, Recorder(c.proc.proc.pid, self.results / f"profile-{phase}-{c.name}.txt"))
+        recs = [Recorder(c.proc.proc.pid, self.results / f"profile-{phase}-{c.name}.txt")
                 for c in self.caches if c.name == "regcache" and c.proc]
+        time.sleep(0.5)   # py-spy needs a moment to attach
+        return recs
 
     def stop_profile(self, phase: str, recorders: list) -> None:
-        for cache, rec in recorders:
+        for rec in recorders:
             rec.stop()
+        if recorders:
+            self.profiles[phase] = {"files": [str(r.out) for r in recorders],
+                                    **hotspots([r.out for r in recorders])}
+
+    def profiled(self, phase: str):
+        """A context manager factory for cold figures, which restart the cache every
+        repetition: one py-spy recording per repetition, summed by finish_profiles()."""
+        @contextmanager
+        def around(cache: Cache):
+            if not self.profile or cache.name != "regcache":
+                yield
+                return
+            recs = self.start_profile(f"{phase}-{len(self.pending.setdefault(phase, []))}")
             try:
-                self.profiles[phase] = {"file": str(rec.out), **hotspots(rec.out)}
-            except OSError as exc:
-                self.errors.append(f"profile {phase}: {exc}")
+                yield
+            finally:
+                for rec in recs:
+                    rec.stop()
+                self.pending[phase].extend(recs)
+        return around
+
+    def finish_profiles(self) -> None:
+        for phase, recs in self.pending.items():
+            if recs:
+                self.profiles[phase] = {"files": [str(r.out) for r in recs],
+                                        **hotspots([r.out for r in recs])}
+        self.pending = {}
 
     def peak_rss(self) -> dict[str, float | None]:
         return {c.name: c.peak_rss_mib() for c in self.caches}
@@ -224,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.errors.append(f"aborted: {type(exc).__name__}: {exc}")
         traceback.print_exc()
     finally:
+        bench.finish_profiles()
         bench.procs.stop_all()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -244,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in (args.results / f"{stamp}-{plan.mode}.json", args.results / "latest.json"):
         report.write_json(path, record)
     for phase, prof in bench.profiles.items():
-        print(f"\nprofile ({phase}, {prof['samples']} samples, {prof['file']}): top self time")
+        print(f"\nprofile ({phase}, {prof['samples']} samples, {', '.join(prof['files'])}): top self time")
         for name, pct in prof["self"][:10]:
             print(f"  {pct:5.1f}%  {name}")
     return 130 if interrupted else 0
