@@ -255,7 +255,14 @@ class PullThroughCache:
             self.access.touch(path)
             self._observe("blob", "hit")
             return LocalBlob(path, size)
-        fill = self.fills.get(str(digest)) or self._just_committed(digest)
+        fill = self.fills.get(str(digest))
+        if fill is None and self._just_committed(digest) is not None:
+            # Committed while we looked; gc or check may have removed it since: look again.
+            size = await self.store.blob_size(digest)
+            if size is not None:
+                self.access.touch(path)
+                self._observe("blob", "hit")
+                return LocalBlob(path, size)
         if fill is not None and fill.joinable():
             size = await self.call_upstream(fill.wait_started(), "BLOB_UNKNOWN")
             self._observe("blob", "joined")
