@@ -35,7 +35,7 @@ from regcache.fill import BlobFill
 from regcache.mediatypes import acceptable
 from regcache.reference import Digest, parse_digest
 from regcache.singleflight import SingleFlight
-from regcache.store import AccessRecorder, FsStore, StoredManifest, TagRecord
+from regcache.store import AccessRecorder, BlobWriter, FsStore, StoredManifest, TagRecord
 from regcache.upstream.client import FetchedManifest, ManifestHead, UpstreamClient
 
 log = logging.getLogger("regcache.proxy")
@@ -281,7 +281,7 @@ class PullThroughCache:
         return RemoteBlob(size, fill, "MISS")
 
     def _start_fill(self, client: UpstreamClient, repo: str, digest: Digest) -> BlobFill:
-        writer = self.store.new_blob_writer(digest) if self._storing_allowed() else None
+        writer = self._new_writer(digest) if self._storing_allowed() else None
         fill = BlobFill(digest, writer, self._fill_finished)
         if writer is not None or str(digest) not in self.fills:
             self.fills[str(digest)] = fill
@@ -296,6 +296,14 @@ class PullThroughCache:
         """
         fill = self._recent.get(str(digest))
         return fill if fill is not None and fill.committed_path is not None else None
+
+    def _new_writer(self, digest: Digest) -> BlobWriter | None:
+        """A temp file for the fill, or None (serve without storing) if it cannot be created."""
+        try:
+            return self.store.new_blob_writer(digest)
+        except OSError as exc:
+            log.warning("cannot store %s (%s); serving it from upstream without caching", digest, exc)
+            return None
 
     def _fill_finished(self, fill: BlobFill) -> None:
         if self.fills.get(str(fill.digest)) is fill:

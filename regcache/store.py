@@ -216,9 +216,9 @@ class FsStore:
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
         tmp = self.new_tmp_path()
-        with open(tmp, "wb") as f:
-            f.write(data)
         try:
+            with open(tmp, "wb") as f:  # a full disk fails here: no partial file is left
+                f.write(data)
             path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, path)
         except BaseException:
