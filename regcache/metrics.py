@@ -16,11 +16,17 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Awaitable, Callable, Mapping, Protocol
+from typing import Awaitable, Callable, Mapping, Protocol, Sequence
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
-                               generate_latest)
-from prometheus_client import exposition
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    exposition,
+    generate_latest,
+)
 
 from regcache import __version__
 
@@ -67,8 +73,8 @@ class GcReportLike(Protocol):
     dry_run: bool
     ran: bool
     duration: float
-    items: list[Any]   # of RemovedLike
-    errors: list[str]
+    items: Sequence[RemovedLike]
+    errors: Sequence[str]
 
 
 def parse_ratelimit(value: str | None) -> int | None:
