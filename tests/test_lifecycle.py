@@ -9,6 +9,7 @@ what the server itself wrote. Upstream requests are counted where caching is the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -187,7 +188,7 @@ async def test_periodic_sweep_runs_in_the_server(fake, server):
     for _ in range(50):
         if services.last_sweep is not None and services.last_sweep.removed_total.objects:
             break
-        await __import__("asyncio").sleep(0.1)
+        await asyncio.sleep(0.1)
     assert services.last_sweep is not None
     assert stored_files(services.store) == {}
 
@@ -245,22 +246,17 @@ def test_orphaned_tags_stale_temp_files_and_empty_folders_go(store):
     assert not orphan.parent.exists()
 
 
-def test_blob_used_between_scan_and_removal_is_kept(store, monkeypatch):
+def test_blob_used_between_scan_and_removal_is_kept(store):
     image = put_image(store, "library/raced", "1", [b"raced layer"])
     age(image.paths, 60 * DAY)
-    import regcache.gc as gc_module
-    real_plan = gc_module.eviction.plan
 
-    def plan_then_touch(*args, **kwargs):  # the server serves the image right after the scan
-        result = real_plan(*args, **kwargs)
-        for path in image.paths:
-            os.utime(path)
-        return result
+    def serve_it_after_the_scan(phase: str, done: int, total: int | None) -> None:
+        if phase == "scan blobs" and done == total:  # the server serves the image right now
+            age([image.paths[0], image.paths[-1]], 0)
 
-    monkeypatch.setattr(gc_module.eviction, "plan", plan_then_touch)
-    report = collect(store, CacheConfig())
-    assert all(p.exists() for p in image.paths)
-    assert report.in_use >= 1 and report.removed_total.objects == 0
+    report = collect(store, CacheConfig(), progress=serve_it_after_the_scan)
+    assert all(p.exists() for p in image.paths)  # the tag and all it references are kept
+    assert report.in_use == 1 and report.removed_total.objects == 0
 
 
 # -- size cap ----------------------------------------------------------------------------------
