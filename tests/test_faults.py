@@ -167,6 +167,18 @@ async def test_upstream_silent_before_headers_is_a_timeout_error(fake, regcache_
     await assert_next_request_succeeds(fake, rc, data, digest, upstream_gets=2)
 
 
+async def test_upstream_silent_past_fill_timeout_is_a_timeout_error(fake, regcache_factory, blob):
+    """fill_timeout shorter than read_timeout: the waiting request gets a 504 JSON error too."""
+    data, digest = blob
+    fake.faults[digest] = Fault(delay=4, times=1)
+    rc = await regcache_factory(upstream_options={"read_timeout": "10s"}, fill_timeout="1s")
+    started = time.monotonic()
+    response = await raw_get(rc.port, blob_path(digest))
+    assert time.monotonic() - started < 3
+    assert_json_error(response, 504, "UNAVAILABLE")
+    await assert_next_request_succeeds(fake, rc, data, digest, upstream_gets=2)
+
+
 # -- the token server ---------------------------------------------------------------------
 
 async def test_token_server_down_then_back(fake, regcache_factory):
@@ -299,3 +311,34 @@ async def test_sigkill_mid_fill_then_restart(fake, tmp_path):
     finally:
         status = await server.stop()
     assert status == 0, server.log_tail()
+
+
+async def test_sigterm_mid_fill_exits_cleanly(fake, tmp_path):
+    """A graceful stop while a blob fills: exit status 0, no temp file, no partial blob, and the
+    client got either the whole blob or a dropped connection."""
+    data = os.urandom(24 * MiB)
+    digest = fake.add_blob(data)
+    fake.chunk_size = 256 * 1024
+    fake.faults[digest] = Fault(chunk_delay=0.02)  # about 2 s upstream
+    root = tmp_path / "data"
+    port = free_port()
+    server = ServeProcess(write_config(tmp_path / "regcache.yaml", root, fake.base_url, port), port,
+                          tmp_path / "regcache.log")
+    await server.start()
+    store = root / "v1"
+    try:
+        client = asyncio.create_task(raw_get(port, blob_path(digest)))
+        await wait_until(lambda: any((store / "tmp" / name).stat().st_size > 2 * MiB
+                                     for name in tmp_files(store)), what="fill under way")
+    finally:
+        status = await server.stop(timeout=30)
+    response = await client
+    print("SIGTERM mid-fill: client", "complete" if response.complete else f"dropped ({response.ended_by})")
+    assert status == 0, server.log_tail()
+    assert tmp_files(store) == []
+    if response.complete:
+        assert response.sha256 == digest
+        assert_store_clean(store, {digest})
+    else:
+        assert_dropped(response)
+        assert_store_clean(store, set())
