@@ -36,8 +36,9 @@ class Services:
         self.settings = settings
         # A blob read with an on-disk time older than half the grace is touched at once,
         # so gc (in this process or a CronJob, same grace) never removes a blob in use.
-        self.store = FsStore(settings.storage_root,
-                             refresh_after=min(settings.cache.gc_grace, settings.cache.ttl) / 2)
+        # (At most one extra utime per blob per refresh interval; never per request.)
+        refresh = max(min(settings.cache.gc_grace, settings.cache.ttl) / 2, 1.0)
+        self.store = FsStore(settings.storage_root, refresh_after=refresh)
         self.access = AccessRecorder()
         self.metrics = Metrics(CollectorRegistry(), tuple(u.name for u in settings.upstreams),
                                settings.cache.max_size) if settings.metrics.enabled else None
