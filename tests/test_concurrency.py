@@ -70,7 +70,7 @@ async def test_late_joiners_stream_before_the_download_ends(fake, regcache_facto
         # ... and got headers and bytes before the download ended, within moments of asking.
         assert response.first_byte_at is not None
         assert response.first_byte_at < upstream.finished
-        assert response.headers_at - asked_at < 0.5
+        assert response.headers_at - asked_at < 1.0
     assert_store_clean(rc.root, {digest})
 
 
