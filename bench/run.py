@@ -263,11 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = report.build_rows(bench.raw, bench.peak_rss())
     notes += bench.errors
     print(f"\n## regcache bench ({plan.mode}): {meta['date']}, {meta['nproc']} x {meta['cpu']}, "
-          f"kernel {meta['kernel']}, commit {meta['commit']}, {elapsed:.0f} s\n")
+          f"kernel {meta['kernel']}, commit {meta['commit']}, {elapsed:.0f} s, load average "
+          f"{meta['loadavg_start'][0]:.1f} at start, {os.getloadavg()[0]:.1f} at end\n")
     print(report.table(rows))
     extra = limits_note(bench.raw)
     for line in extra + notes:
         print(f"- {line}")
+    meta["loadavg_end"] = os.getloadavg()
     record = {"meta": {**meta, "mode": plan.mode, "plan": vars(plan), "elapsed_s": elapsed,
                        "caches": caches},
               "rows": report.rows_json(rows), "notes": extra + notes, "raw": bench.raw,
