@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -246,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(plan, workdir, caches, args.profile, args.results)
     bench.log(f"mode {plan.mode}, work dir {workdir}")
     interrupted = False
+    # Ctrl-C, and SIGTERM from a CI runner or `timeout`, both end in the finally below,
+    # which stops every server by pid. (A shell's background job starts with SIGINT ignored.)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         bench.run()
     except KeyboardInterrupt:
@@ -282,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, pct in prof["self"][:10]:
             print(f"  {pct:5.1f}%  {name}")
     return 130 if interrupted else 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def limits_note(raw: dict) -> list[str]:
