@@ -115,13 +115,16 @@ async def test_aiohttp_client_sees_a_payload_error_not_a_short_blob(fake, regcac
 
 # -- faults before the response headers: a registry JSON error -----------------------------
 
-@pytest.mark.parametrize("status,expected_status,code", [
+# upstream status -> what the client gets (errors.to_registry_error)
+STATUS_ERRORS = [
     (429, 429, "TOOMANYREQUESTS"),
     (500, 502, "UNAVAILABLE"),
     (502, 502, "UNAVAILABLE"),
     (503, 502, "UNAVAILABLE"),
-    (404, 404, "BLOB_UNKNOWN"),
-])
+]
+
+
+@pytest.mark.parametrize("status,expected_status,code", [*STATUS_ERRORS, (404, 404, "BLOB_UNKNOWN")])
 async def test_upstream_status_becomes_a_json_error(fake, regcache_factory, blob, status, expected_status, code):
     data, digest = blob
     # Held 0.3 s so that all three requests share the failing attempt.
@@ -136,12 +139,7 @@ async def test_upstream_status_becomes_a_json_error(fake, regcache_factory, blob
     await assert_next_request_succeeds(fake, rc, data, digest, upstream_gets=2)
 
 
-@pytest.mark.parametrize("status,expected_status,code", [
-    (429, 429, "TOOMANYREQUESTS"),
-    (500, 502, "UNAVAILABLE"),
-    (502, 502, "UNAVAILABLE"),
-    (503, 502, "UNAVAILABLE"),
-])
+@pytest.mark.parametrize("status,expected_status,code", STATUS_ERRORS)
 async def test_upstream_status_on_a_manifest_becomes_a_json_error(fake, regcache_factory, status,
                                                                   expected_status, code):
     image = fake.add_image("library/app", "v1", [b"layer"])
