@@ -35,9 +35,9 @@ KiB = 1024
 
 
 async def run_load(clients: int = 200, seconds: float = 60.0, warm_images: int = 30,
-                   workdir: Path | None = None, cached_share: float = 0.7) -> dict:
+                   workdir: Path | None = None, cached_share: float = 0.7, keep_data: bool = False) -> dict:
+    """Run the load; the store (several hundred MiB) is deleted after its check unless `keep_data`."""
     _raise_fd_limit()
-    own_workdir = workdir is None
     workdir = Path(workdir or tempfile.mkdtemp(prefix="regcache-load-"))
     upstream_port, regcache_port = free_port(), free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -96,7 +96,7 @@ async def run_load(clients: int = 200, seconds: float = 60.0, warm_images: int =
         "store": store,
         "workdir": str(workdir),
     }
-    if own_workdir:
+    if not keep_data:
         shutil.rmtree(workdir / "data", ignore_errors=True)
     return result
 
@@ -170,13 +170,15 @@ def main() -> int:
     parser.add_argument("--warm", type=int, default=30, help="images pulled before the clock starts")
     parser.add_argument("--cached-share", type=float, default=0.7)
     parser.add_argument("--json", help="also write the result here")
+    parser.add_argument("--keep-data", action="store_true", help="keep regcache's store afterwards")
     args = parser.parse_args()
     try:
         import uvloop
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    result = runner(run_load(args.clients, args.seconds, args.warm, cached_share=args.cached_share))
+    result = runner(run_load(args.clients, args.seconds, args.warm, cached_share=args.cached_share,
+                             keep_data=args.keep_data))
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
