@@ -108,9 +108,6 @@ class Cache:
         kib = max((max(m.peak_tree_rss_kib, m.peak_hwm_kib) for m in self.incarnations), default=0)
         return kib / 1024
 
-    def pids(self) -> list[int]:
-        return [self.proc.proc.pid] if self.proc else []
-
 
 class Registry2Proxy(Cache):
     """Debian's docker-registry (the code of registry:2) in proxy mode."""
@@ -154,10 +151,6 @@ log:
 
     def blob_file(self, digest_hex: str) -> Path:
         return self.root / "v1/blobs/sha256" / digest_hex[:2] / digest_hex
-
-    def pids(self) -> list[int]:
-        from procs import descendants
-        return descendants(self.proc.proc.pid) if self.proc else []
 
 
 def regcache_available() -> str | None:
