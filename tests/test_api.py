@@ -199,6 +199,16 @@ async def test_tags_list_pagination_and_link(regcache, fake):
     resp = await regcache.get("/v2/library/app/tags/list")
     assert resp.status == 200
     assert (await resp.json())["tags"] == ["a", "b", "c"]
+    resp = await regcache.get("/v2/library/app/tags/list?n=2")
+    assert (await resp.json())["tags"] == ["a", "b"]
+    link = resp.headers["Link"]
+    assert link == '</v2/library/app/tags/list?last=b&n=2>; rel="next"'
+    resp = await regcache.get(link[1:link.index(">")])
+    assert (await resp.json())["tags"] == ["c"] and "Link" not in resp.headers
+    # with ns, the next page keeps it, so it goes to the same upstream
+    resp = await regcache.get("/v2/library/app/tags/list?n=1&ns=docker.io")
+    assert resp.headers["Link"] == '</v2/library/app/tags/list?last=a&n=1&ns=docker.io>; rel="next"'
+    assert fake.requests[-1].query == "n=1"  # ns is ours: never sent upstream
     resp = await regcache.get("/v2/library/app/tags/list?n=-1")
     await assert_error(resp, 400, "PAGINATION_NUMBER_INVALID")
     resp = await regcache.get("/v2/library/app/tags/list?n=abc")

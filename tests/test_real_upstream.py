@@ -152,3 +152,4 @@ async def test_starts_and_serves_cache_without_upstream(tmp_path, hub_upstream):
             result = await skopeo.copy_to_dir(skopeo.direct_ref("library/hello:latest"), tmp_path / "b",
                                               all_=True)
             assert result.digest == hub_upstream.image("library/hello:latest").digest
+

@@ -179,7 +179,15 @@ class FakeRegistry:
         tags = sorted(ref for (r, ref) in self.manifests if r == repo and ":" not in ref)
         if not tags:
             return web.json_response({"errors": [{"code": "NAME_UNKNOWN", "message": "x"}]}, status=404)
-        return web.json_response({"name": repo, "tags": tags})
+        # Pagination as distribution v3: `last` exclusive, `n` per page, a relative Link.
+        if "last" in request.query:
+            tags = [t for t in tags if t > request.query["last"]]
+        headers = {}
+        if "n" in request.query and len(tags) > int(request.query["n"]):
+            n = int(request.query["n"])
+            tags = tags[:n]
+            headers["Link"] = f'</v2/{repo}/tags/list?last={tags[-1]}&n={n}>; rel="next"'
+        return web.json_response({"name": repo, "tags": tags}, headers=headers)
 
     async def _manifest(self, request: web.Request) -> web.StreamResponse:
         self._record(request)
