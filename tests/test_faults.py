@@ -19,9 +19,14 @@ import pytest
 
 from tests.fakes.fixtures import fake, regcache_factory  # noqa: F401  (fixtures)
 from tests.fakes.rawhttp import RawResponse, raw_get
-from tests.fakes.registry import Fault, FakeRegistry, sha256
-from tests.fakes.serveproc import ServeProcess, free_port, write_config
-from tests.fakes.storecheck import assert_store_clean, stored_blobs, tmp_files, wait_until
+from tests.fakes.registry import FakeRegistry, Fault, sha256
+from tests.fakes.storecheck import (
+    assert_store_clean,
+    stored_blobs,
+    tmp_files,
+    wait_until,
+)
+from tests.support.regcache_proc import RegcacheProcess, upstream_entry
 
 MiB = 1024 * 1024
 SIZE = 4 * MiB
@@ -268,6 +273,13 @@ async def test_cdn_target_drops_mid_blob(fake, regcache_factory, blob):
 
 # -- SIGKILL mid-fill ---------------------------------------------------------------------
 
+def serve_subprocess(fake: FakeRegistry, workdir) -> RegcacheProcess:
+    """`regcache serve` over `fake` (short upstream timeouts, no access log), not started."""
+    return RegcacheProcess(workdir, upstreams=[upstream_entry(fake.base_url, connect_timeout="2s",
+                                                              read_timeout="5s")],
+                           log={"access_log": False})
+
+
 async def test_sigkill_mid_fill_then_restart(fake, tmp_path):
     """`regcache serve` killed with SIGKILL while a blob fills: after a restart the temp file
     is gone, the partial blob was never committed or served, and the blob fills whole."""
@@ -275,17 +287,13 @@ async def test_sigkill_mid_fill_then_restart(fake, tmp_path):
     digest = fake.add_blob(data)
     fake.chunk_size = 256 * 1024
     fake.faults[digest] = Fault(chunk_delay=0.02, times=1)  # about 2 s upstream
-    root = tmp_path / "data"
-    port = free_port()
-    config = write_config(tmp_path / "regcache.yaml", root, fake.base_url, port)
-    server = ServeProcess(config, port, tmp_path / "regcache.log")
-    await server.start()
-    store = root / "v1"
+    server = await serve_subprocess(fake, tmp_path).astart()
+    port, store = server.port, server.storage_root / "v1"
     try:
         client = asyncio.create_task(raw_get(port, blob_path(digest)))
         await wait_until(lambda: any((store / "tmp" / name).stat().st_size > 2 * MiB
                                      for name in tmp_files(store)), what="fill under way")
-        await server.kill9()
+        await server.akill()
         cut = await client
         assert_dropped(cut)
         assert len(tmp_files(store)) == 1  # the partial download the crash left behind
@@ -294,7 +302,7 @@ async def test_sigkill_mid_fill_then_restart(fake, tmp_path):
         await wait_until(lambda: first.finished is not None, what="upstream saw the connection go")
         assert first.outcome == "peer-gone"
 
-        await server.start()
+        await server.astart()
         assert tmp_files(store) == []  # removed at start
         assert digest not in stored_blobs(store)
         responses = await asyncio.gather(raw_get(port, blob_path(digest)),
@@ -307,7 +315,7 @@ async def test_sigkill_mid_fill_then_restart(fake, tmp_path):
         await wait_until(lambda: not tmp_files(store), what="fill committed")
         assert_store_clean(store, {digest})
     finally:
-        status = await server.stop()
+        status = await server.astop()
     assert status == 0, server.log_tail()
 
 
@@ -318,18 +326,14 @@ async def test_sigterm_mid_fill_exits_cleanly(fake, tmp_path):
     digest = fake.add_blob(data)
     fake.chunk_size = 256 * 1024
     fake.faults[digest] = Fault(chunk_delay=0.02)  # about 2 s upstream
-    root = tmp_path / "data"
-    port = free_port()
-    server = ServeProcess(write_config(tmp_path / "regcache.yaml", root, fake.base_url, port), port,
-                          tmp_path / "regcache.log")
-    await server.start()
-    store = root / "v1"
+    server = await serve_subprocess(fake, tmp_path).astart()
+    port, store = server.port, server.storage_root / "v1"
     try:
         client = asyncio.create_task(raw_get(port, blob_path(digest)))
         await wait_until(lambda: any((store / "tmp" / name).stat().st_size > 2 * MiB
                                      for name in tmp_files(store)), what="fill under way")
     finally:
-        status = await server.stop(timeout=30)
+        status = await server.astop(timeout=30)
     response = await client
     print("SIGTERM mid-fill: client", "complete" if response.complete else f"dropped ({response.ended_by})")
     assert status == 0, server.log_tail()

@@ -27,9 +27,10 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.fakes.serveproc import REPO, ServeProcess, free_port, write_config
 from tests.fakes.storecheck import stored_blobs, tmp_files
 from tests.load.client import LoadClients
+from tests.support.net import LOOPBACK, free_port, wait_http
+from tests.support.regcache_proc import REPO, RegcacheProcess, upstream_entry
 
 KiB = 1024
 
@@ -39,24 +40,24 @@ async def run_load(clients: int = 200, seconds: float = 60.0, warm_images: int =
     """Run the load; the store (several hundred MiB) is deleted after its check unless `keep_data`."""
     _raise_fd_limit()
     workdir = Path(workdir or tempfile.mkdtemp(prefix="regcache-load-"))
-    upstream_port, regcache_port = free_port(), free_port()
+    upstream_port = free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO))
     upstream_log = open(workdir / "upstream.log", "wb")
     upstream = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.load.upstream", "--port", str(upstream_port),
         cwd=str(REPO), env=env, stdout=upstream_log, stderr=upstream_log)
-    server: ServeProcess | None = None
+    server: RegcacheProcess | None = None
     try:
-        await _wait_http(f"http://127.0.0.1:{upstream_port}/v2/")
-        config = write_config(workdir / "regcache.yaml", workdir / "data", f"http://127.0.0.1:{upstream_port}",
-                              regcache_port, upstream_options={"read_timeout": "30s"},
-                              cache={"min_free_space": "1Gi"}, access_log=True)
-        server = await ServeProcess(config, regcache_port, workdir / "regcache.log").start()
+        await asyncio.to_thread(wait_http, upstream_port, "/v2/", 30.0)
+        upstream_config = upstream_entry(f"http://{LOOPBACK}:{upstream_port}", connect_timeout="2s",
+                                         read_timeout="30s")
+        server = await RegcacheProcess(workdir, upstreams=[upstream_config], cache={"min_free_space": "1Gi"},
+                                       log={"access_log": True}).astart()
         rss_samples: list[int] = []
         sampler = asyncio.create_task(_sample_rss(server, rss_samples))
         connector = aiohttp.TCPConnector(limit=0, force_close=False)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{regcache_port}", connector=connector,
+        async with aiohttp.ClientSession(server.url, connector=connector,
                                          timeout=timeout, auto_decompress=False) as session:
             load = LoadClients("", warm_images, cached_share=cached_share)
             await load.warm(session)
@@ -70,11 +71,11 @@ async def run_load(clients: int = 200, seconds: float = 60.0, warm_images: int =
         sampler.cancel()
         peak_hwm = server.proc_status("VmHWM")
         final_rss = server.proc_status("VmRSS")
-        exit_status = await server.stop()
+        exit_status = await server.astop()
         store = await asyncio.to_thread(_check_store, workdir / "data" / "v1")
     finally:
         if server is not None:
-            await server.stop()
+            await server.astop()
         if upstream.returncode is None:
             upstream.terminate()
             await upstream.wait()
@@ -116,27 +117,12 @@ def _check_store(root: Path) -> dict:
     return {"tmp_files": tmp_files(root), "blobs": len(blobs), "bytes": total, "bad_blobs": bad}
 
 
-async def _sample_rss(server: ServeProcess, samples: list[int]) -> None:
+async def _sample_rss(server: RegcacheProcess, samples: list[int]) -> None:
     while True:
         value = server.proc_status("VmRSS")
         if value is not None:
             samples.append(value)
         await asyncio.sleep(0.25)
-
-
-async def _wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while True:
-            try:
-                async with session.get(url) as resp:
-                    if resp.status < 500:
-                        return
-            except aiohttp.ClientError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} not up after {timeout}s")
-            await asyncio.sleep(0.1)
 
 
 def _raise_fd_limit() -> None:

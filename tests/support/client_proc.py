@@ -25,7 +25,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -232,11 +231,3 @@ def short_dir(prefix: str) -> Path:
 
 async def remove_dir(path: Path) -> None:
     await asyncio.to_thread(shutil.rmtree, path, True)
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1 (for servers that cannot
-    bind port 0 and report it, such as docker-registry)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
