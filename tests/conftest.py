@@ -6,6 +6,8 @@
   request counters reset at its start.
 - plain_upstream: the hub catalog on a registry without auth and without redirects
   (benchmarks, and the `registry:2` proxy-mode baseline).
+- regcache_hub_ghcr: a running `regcache serve` subprocess with Docker Hub (hub_upstream)
+  as the default of its first port and ghcr.io (ghcr_upstream) of its second.
 - loopback_env: environment for real clients that can never reach the internet.
 """
 
@@ -16,6 +18,7 @@ import os
 import pytest
 
 from tests.support.realupstream import start_upstream
+from tests.support.regcache_proc import RegcacheProcess
 
 _UPSTREAM_FIXTURES = {"hub_upstream", "ghcr_upstream", "plain_upstream"}
 
@@ -65,6 +68,15 @@ def ghcr_upstream(ghcr_upstream_session):
 @pytest.fixture
 def plain_upstream(plain_upstream_session):
     return _fresh(plain_upstream_session)
+
+
+@pytest.fixture
+def regcache_hub_ghcr(tmp_path, hub_upstream, ghcr_upstream):
+    proc = RegcacheProcess(tmp_path / "regcache",
+                           upstreams=[hub_upstream.config_entry(), ghcr_upstream.config_entry()],
+                           listeners=["docker.io", "ghcr.io"])
+    with proc:
+        yield proc
 
 
 @pytest.fixture

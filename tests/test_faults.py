@@ -280,19 +280,32 @@ def serve_subprocess(fake: FakeRegistry, workdir) -> RegcacheProcess:
                            log={"access_log": False})
 
 
-async def test_sigkill_mid_fill_then_restart(fake, tmp_path):
-    """`regcache serve` killed with SIGKILL while a blob fills: after a restart the temp file
-    is gone, the partial blob was never committed or served, and the blob fills whole."""
+def add_slow_blob(fake: FakeRegistry, times: int | None = None) -> tuple[bytes, str]:
+    """A 24 MiB blob that `fake` sends in 256 KiB chunks 20 ms apart (about 2 s), for `times`
+    requests (None: all)."""
     data = os.urandom(24 * MiB)
     digest = fake.add_blob(data)
     fake.chunk_size = 256 * 1024
-    fake.faults[digest] = Fault(chunk_delay=0.02, times=1)  # about 2 s upstream
+    fake.faults[digest] = Fault(chunk_delay=0.02, times=times)
+    return data, digest
+
+
+async def start_fill(port: int, store, digest: str) -> asyncio.Task[RawResponse]:
+    """A client GET of `digest`, returned once regcache holds more than 2 MiB of it in a temp file."""
+    client = asyncio.create_task(raw_get(port, blob_path(digest)))
+    await wait_until(lambda: any((store / "tmp" / name).stat().st_size > 2 * MiB
+                                 for name in tmp_files(store)), what="fill under way")
+    return client
+
+
+async def test_sigkill_mid_fill_then_restart(fake, tmp_path):
+    """`regcache serve` killed with SIGKILL while a blob fills: after a restart the temp file
+    is gone, the partial blob was never committed or served, and the blob fills whole."""
+    data, digest = add_slow_blob(fake, times=1)
     server = await serve_subprocess(fake, tmp_path).astart()
     port, store = server.port, server.storage_root / "v1"
     try:
-        client = asyncio.create_task(raw_get(port, blob_path(digest)))
-        await wait_until(lambda: any((store / "tmp" / name).stat().st_size > 2 * MiB
-                                     for name in tmp_files(store)), what="fill under way")
+        client = await start_fill(port, store, digest)
         await server.akill()
         cut = await client
         assert_dropped(cut)
@@ -322,16 +335,11 @@ async def test_sigkill_mid_fill_then_restart(fake, tmp_path):
 async def test_sigterm_mid_fill_exits_cleanly(fake, tmp_path):
     """A graceful stop while a blob fills: exit status 0, no temp file, no partial blob, and the
     client got either the whole blob or a dropped connection."""
-    data = os.urandom(24 * MiB)
-    digest = fake.add_blob(data)
-    fake.chunk_size = 256 * 1024
-    fake.faults[digest] = Fault(chunk_delay=0.02)  # about 2 s upstream
+    _, digest = add_slow_blob(fake)
     server = await serve_subprocess(fake, tmp_path).astart()
     port, store = server.port, server.storage_root / "v1"
     try:
-        client = asyncio.create_task(raw_get(port, blob_path(digest)))
-        await wait_until(lambda: any((store / "tmp" / name).stat().st_size > 2 * MiB
-                                     for name in tmp_files(store)), what="fill under way")
+        client = await start_fill(port, store, digest)
     finally:
         status = await server.astop(timeout=30)
     response = await client

@@ -9,18 +9,8 @@ from __future__ import annotations
 import pytest
 
 from tests.support.clients import Containerd, Dockerd, Podman, Skopeo
-from tests.support.regcache_proc import RegcacheProcess
 
 pytestmark = [pytest.mark.clients, pytest.mark.real_upstream]
-
-
-@pytest.fixture
-def regcache(tmp_path, hub_upstream, ghcr_upstream):
-    proc = RegcacheProcess(tmp_path / "regcache",
-                           upstreams=[hub_upstream.config_entry(), ghcr_upstream.config_entry()],
-                           listeners=["docker.io", "ghcr.io"])
-    with proc:
-        yield proc
 
 
 def no_blob_traffic(*upstreams) -> bool:
@@ -28,13 +18,13 @@ def no_blob_traffic(*upstreams) -> bool:
                for u in upstreams)
 
 
-async def test_containerd_hosts_toml_both_registries_on_one_port(tmp_path, regcache, hub_upstream,
-                                                                 ghcr_upstream):
+async def test_containerd_hosts_toml_both_registries_on_one_port(tmp_path, regcache_hub_ghcr,
+                                                                 hub_upstream, ghcr_upstream):
     hub_ref, ghcr_ref = "docker.io/library/multi:latest", "ghcr.io/org/multi:latest"
     for attempt in ("cold", "warm"):
         hub_upstream.reset_counts()
         ghcr_upstream.reset_counts()
-        async with Containerd(tmp_path / f"ctd-{attempt}", regcache.host) as ctd:
+        async with Containerd(tmp_path / f"ctd-{attempt}", regcache_hub_ghcr.host) as ctd:
             hub = await ctd.pull(hub_ref)
             ghcr = await ctd.pull(ghcr_ref)
             assert hub.digest == hub_upstream.image("library/multi:latest").digest
@@ -46,11 +36,11 @@ async def test_containerd_hosts_toml_both_registries_on_one_port(tmp_path, regca
             assert hub_upstream.count("HEAD", "/manifests/latest") >= 1
 
 
-async def test_dockerd_registry_mirror_pulls_and_runs(tmp_path, regcache, hub_upstream):
+async def test_dockerd_registry_mirror_pulls_and_runs(tmp_path, regcache_hub_ghcr, hub_upstream):
     image = hub_upstream.image("library/multi:latest")
     for attempt in ("cold", "warm"):
         hub_upstream.reset_counts()
-        async with Dockerd(tmp_path / f"dk-{attempt}", regcache.host) as docker:
+        async with Dockerd(tmp_path / f"dk-{attempt}", regcache_hub_ghcr.host) as docker:
             result = await docker.pull("multi:latest")
             assert result.digest == image.digest
             assert result.image_id == image.platform("linux/amd64").config_digest
@@ -59,8 +49,8 @@ async def test_dockerd_registry_mirror_pulls_and_runs(tmp_path, regcache, hub_up
             assert no_blob_traffic(hub_upstream)
 
 
-async def test_podman_mirror_registries_conf(tmp_path, regcache, hub_upstream, ghcr_upstream):
-    mirrors = {"docker.io": regcache.host, "ghcr.io": f"127.0.0.1:{regcache.ports[1]}"}
+async def test_podman_mirror_registries_conf(tmp_path, regcache_hub_ghcr, hub_upstream, ghcr_upstream):
+    mirrors = {"docker.io": regcache_hub_ghcr.host, "ghcr.io": regcache_hub_ghcr.hosts[1]}
     for attempt in ("cold", "warm"):
         hub_upstream.reset_counts()
         ghcr_upstream.reset_counts()
@@ -73,11 +63,11 @@ async def test_podman_mirror_registries_conf(tmp_path, regcache, hub_upstream, g
             assert no_blob_traffic(hub_upstream, ghcr_upstream)
 
 
-async def test_skopeo_mirror_mode(tmp_path, regcache, hub_upstream):
+async def test_skopeo_mirror_mode(tmp_path, regcache_hub_ghcr, hub_upstream):
     image = hub_upstream.image("library/multioci:latest")
     for attempt in ("cold", "warm"):
         hub_upstream.reset_counts()
-        skopeo = Skopeo(tmp_path / f"sk-{attempt}", regcache.host)
+        skopeo = Skopeo(tmp_path / f"sk-{attempt}", regcache_hub_ghcr.host)
         result = await skopeo.copy_to_dir("docker://docker.io/library/multioci:latest",
                                           tmp_path / f"out-{attempt}", all_=True)
         assert result.digest == image.digest

@@ -12,7 +12,6 @@ import aiohttp
 import pytest
 
 from tests.support.client_skopeo import Skopeo
-from tests.support.images import Image, Index
 from tests.support.regcache_proc import RegcacheProcess
 
 pytestmark = pytest.mark.real_upstream
@@ -21,27 +20,9 @@ ALL_IMAGES = ["library/multi:latest", "library/multioci:latest", "library/layers
               "library/hello:latest"]
 
 
-def expected_content(image: Image | Index) -> set[str]:
-    """Every digest a full pull of `image` yields: manifests, configs, layers."""
-    out = {image.digest}
-    for manifest in image.manifests:
-        out |= {manifest.digest, manifest.config_digest, *manifest.layer_digests}
-    return out
-
-
 @pytest.fixture
-def regcache(tmp_path, hub_upstream, ghcr_upstream):
-    """regcache serving Docker Hub on one port and ghcr.io on a second one."""
-    proc = RegcacheProcess(tmp_path / "regcache",
-                           upstreams=[hub_upstream.config_entry(), ghcr_upstream.config_entry()],
-                           listeners=["docker.io", "ghcr.io"])
-    with proc:
-        yield proc
-
-
-@pytest.fixture
-def skopeo(tmp_path, regcache):
-    return Skopeo(tmp_path / "skopeo", mirror=regcache.host)
+def skopeo(tmp_path, regcache_hub_ghcr):
+    return Skopeo(tmp_path / "skopeo", mirror=regcache_hub_ghcr.host)
 
 
 @pytest.mark.parametrize("ref", ALL_IMAGES)
@@ -49,7 +30,7 @@ async def test_skopeo_copies_every_image_with_upstream_digests(skopeo, hub_upstr
     image = hub_upstream.image(ref)
     result = await skopeo.copy_to_dir(skopeo.direct_ref(ref), tmp_path / "out", all_=True)
     assert result.digest == image.digest
-    assert result.content == expected_content(image)
+    assert result.content == image.content_digests
 
 
 async def test_skopeo_single_platform_copy(skopeo, hub_upstream, tmp_path):
@@ -67,7 +48,7 @@ async def test_second_pull_makes_only_tag_heads(skopeo, hub_upstream, tmp_path):
                for d in (m.config_digest, *m.layer_digests))
     hub_upstream.reset_counts()
     result = await skopeo.copy_to_dir(skopeo.direct_ref(ref), tmp_path / "second", all_=True)
-    assert result.content == expected_content(image)
+    assert result.content == image.content_digests
     assert hub_upstream.count("GET", "/blobs/") == 0
     assert hub_upstream.cdn_requests() == []
     assert hub_upstream.count("GET", "/manifests/") == 0
@@ -76,26 +57,26 @@ async def test_second_pull_makes_only_tag_heads(skopeo, hub_upstream, tmp_path):
     assert hub_upstream.count() == heads  # nothing but tag HEADs (the token is cached)
 
 
-async def test_ghcr_on_second_listener(skopeo, regcache, ghcr_upstream, tmp_path):
+async def test_ghcr_on_second_listener(skopeo, regcache_hub_ghcr, ghcr_upstream, tmp_path):
     ref = "org/multi:latest"
     image = ghcr_upstream.image(ref)
-    ghcr_mirror = Skopeo(tmp_path / "skopeo-ghcr", mirror=f"127.0.0.1:{regcache.ports[1]}")
+    ghcr_mirror = Skopeo(tmp_path / "skopeo-ghcr", mirror=regcache_hub_ghcr.hosts[1])
     result = await ghcr_mirror.copy_to_dir(ghcr_mirror.direct_ref(ref), tmp_path / "out", all_=True)
     assert result.digest == image.digest
-    assert result.content == expected_content(image)
+    assert result.content == image.content_digests
 
 
-async def test_ghcr_on_same_port_with_ns(regcache, ghcr_upstream, hub_upstream):
+async def test_ghcr_on_same_port_with_ns(regcache_hub_ghcr, ghcr_upstream, hub_upstream):
     """containerd/BuildKit style: `?ns=ghcr.io` on the Docker Hub port."""
     image = ghcr_upstream.image("org/app:v1")
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{regcache.url}/v2/org/app/manifests/v1?ns=ghcr.io",
+        async with http.get(f"{regcache_hub_ghcr.url}/v2/org/app/manifests/v1?ns=ghcr.io",
                             headers={"Accept": image.media_type}) as resp:
             assert resp.status == 200
             body = await resp.read()
         assert "sha256:" + hashlib.sha256(body).hexdigest() == image.digest
         for digest in (image.config_digest, *image.layer_digests):
-            async with http.get(f"{regcache.url}/v2/org/app/blobs/{digest}?ns=ghcr.io") as resp:
+            async with http.get(f"{regcache_hub_ghcr.url}/v2/org/app/blobs/{digest}?ns=ghcr.io") as resp:
                 assert resp.status == 200
                 assert "sha256:" + hashlib.sha256(await resp.read()).hexdigest() == digest
     assert hub_upstream.count() == 0
@@ -112,7 +93,7 @@ async def test_retag_then_upstream_down(skopeo, hub_upstream, tmp_path):
     with hub_upstream.down():
         result = await skopeo.copy_to_dir(skopeo.direct_ref(ref), tmp_path / "offline", all_=True)
         assert result.digest == second.digest
-        assert result.content == expected_content(second)
+        assert result.content == second.content_digests
 
 
 async def test_credentials_reach_private_repos(tmp_path, hub_upstream):
@@ -132,9 +113,9 @@ async def test_credentials_reach_private_repos(tmp_path, hub_upstream):
         assert cdn and not any(r.authorization for r in cdn)
 
 
-async def test_private_repo_without_credentials_is_an_error_not_a_challenge(regcache):
+async def test_private_repo_without_credentials_is_an_error_not_a_challenge(regcache_hub_ghcr):
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{regcache.url}/v2/private/app/manifests/1") as resp:
+        async with http.get(f"{regcache_hub_ghcr.url}/v2/private/app/manifests/1") as resp:
             assert resp.status in (403, 404)
             assert "WWW-Authenticate" not in resp.headers
             assert (await resp.json())["errors"][0]["code"] in ("DENIED", "MANIFEST_UNKNOWN", "NAME_UNKNOWN")

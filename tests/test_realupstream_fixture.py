@@ -131,16 +131,12 @@ async def test_blob_get_redirects_to_a_cdn_that_refuses_authorization(hub_upstre
 
 async def test_private_repository_needs_the_upstream_credentials(hub_upstream):
     seeded = hub_upstream.image("private/app:1")
-    url = f"{hub_upstream.url}/v2/private/app/manifests/1"
     async with aiohttp.ClientSession() as session:
-        async with session.get(url) as r:
-            www = r.headers["WWW-Authenticate"]
         # Anonymous: Hub still issues a token, without access; the registry refuses it.
-        status, anon = await fetch_token(session, www)
-        assert status == 200
-        async with session.get(url, headers={"Authorization": f"Bearer {anon['token']}"}) as r:
-            assert r.status == 401
-            assert 'error="insufficient_scope"' in r.headers["WWW-Authenticate"]
+        anon = await get_manifest(session, hub_upstream, "private/app", "1")
+        assert anon.status == 401
+        www = anon.headers["WWW-Authenticate"]
+        assert 'error="insufficient_scope"' in www
         # Wrong password: the token endpoint says 401.
         status, _ = await fetch_token(session, www, ("regcache-user", "nope"))
         assert status == 401
@@ -154,15 +150,9 @@ async def test_private_repository_needs_the_upstream_credentials(hub_upstream):
 
 async def test_hub_unknown_repository_is_401_insufficient_scope_not_404(hub_upstream):
     async with aiohttp.ClientSession() as session:
-        url = f"{hub_upstream.url}/v2/library/nosuchimage/manifests/latest"
-        async with session.get(url) as r:
-            www = r.headers["WWW-Authenticate"]
-        status, token = await fetch_token(session, www)
-        assert status == 200
-        async with session.get(url, headers={"Authorization": f"Bearer {token['token']}"}) as r:
-            assert r.status == 401
-            body = await r.json()
-        assert body["errors"][0]["code"] == "UNAUTHORIZED"
+        resp = await get_manifest(session, hub_upstream, "library/nosuchimage", "latest")
+        assert resp.status == 401
+        assert (await resp.json())["errors"][0]["code"] == "UNAUTHORIZED"
     assert hub_upstream.token_requests()[0].granted == ()
 
 

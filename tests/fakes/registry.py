@@ -189,6 +189,20 @@ class FakeRegistry:
             headers["Link"] = f'</v2/{repo}/tags/list?last={tags[-1]}&n={n}>; rel="next"'
         return web.json_response({"name": repo, "tags": tags}, headers=headers)
 
+    async def _apply_fault(self, key: str) -> tuple[Fault | None, web.Response | None]:
+        """The fault set for `key` (digest or manifest reference) if it applies to this request,
+        after its delay; with the error to answer instead when the fault is a status."""
+        fault = self.faults.get(key)
+        if fault is None or not fault.use():
+            return None, None
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.status:
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            return fault, web.json_response({"errors": [{"code": "UNKNOWN", "message": "fault"}]},
+                                            status=fault.status, headers=headers)
+        return fault, None
+
     async def _manifest(self, request: web.Request) -> web.StreamResponse:
         self._record(request)
         repo, ref = request.match_info["name"], request.match_info["ref"]
@@ -198,15 +212,9 @@ class FakeRegistry:
             if fault and fault.challenge_delay and fault.use():
                 await asyncio.sleep(fault.challenge_delay)
             return denied
-        fault = self.faults.get(ref)
-        if fault and not fault.use():
-            fault = None
-        if fault and fault.delay:
-            await asyncio.sleep(fault.delay)
-        if fault and fault.status:
-            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-            return web.json_response({"errors": [{"code": "UNKNOWN", "message": "fault"}]},
-                                     status=fault.status, headers=headers)
+        _, error = await self._apply_fault(ref)
+        if error is not None:
+            return error
         found = self.manifests.get((repo, ref))
         if found is None:
             return web.json_response({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "x"}]}, status=404)
@@ -240,15 +248,9 @@ class FakeRegistry:
 
     async def _send_blob(self, request: web.Request, digest: str) -> web.StreamResponse:
         data = self.blobs[digest]
-        fault = self.faults.get(digest)
-        if fault and not fault.use():
-            fault = None
-        if fault and fault.delay:
-            await asyncio.sleep(fault.delay)
-        if fault and fault.status:
-            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-            return web.json_response({"errors": [{"code": "UNKNOWN", "message": "fault"}]},
-                                     status=fault.status, headers=headers)
+        fault, error = await self._apply_fault(digest)
+        if error is not None:
+            return error
         start = 0
         rng = request.headers.get("Range")
         if rng and rng.startswith("bytes=") and rng.endswith("-"):

@@ -38,7 +38,7 @@ from .client_proc import (
     short_dir,
 )
 from .client_result import PullResult
-from .client_skopeo import POLICY, mirror_registries_conf
+from .client_skopeo import write_etc_containers
 
 
 class Podman:
@@ -50,11 +50,7 @@ class Podman:
         self.timeout = timeout
         self.cgroup_parent = f"regcache-test-{uuid.uuid4().hex[:12]}"
         self.etc = workdir / "etc-containers"
-        (self.etc / "registries.d").mkdir(parents=True, exist_ok=True)
-        (self.etc / "registries.conf.d").mkdir(exist_ok=True)
-        (self.etc / "policy.json").write_text(json.dumps(POLICY))
-        self.registries_conf = self.etc / "registries.conf"
-        self.registries_conf.write_text(mirror_registries_conf(self.mirrors))
+        self.registries_conf = write_etc_containers(self.etc, self.mirrors)
         self.etc_cni = workdir / "etc-cni"
         self.etc_cni.mkdir(exist_ok=True)
         for d in ("root", "tmp", "networks"):

@@ -50,6 +50,18 @@ def mirror_registries_conf(mirror: Mirrors) -> str:
     return "\n".join(out)
 
 
+def write_etc_containers(etc: Path, mirror: Mirrors) -> Path:
+    """Our own /etc/containers for c/image clients (skopeo, podman), to bind over the host's:
+    empty registries.d and registries.conf.d, a policy that accepts every image, and the mirror
+    registries.conf, whose path it returns."""
+    (etc / "registries.d").mkdir(parents=True, exist_ok=True)
+    (etc / "registries.conf.d").mkdir(exist_ok=True)
+    (etc / "policy.json").write_text(json.dumps(POLICY))
+    registries_conf = etc / "registries.conf"
+    registries_conf.write_text(mirror_registries_conf(mirror))
+    return registries_conf
+
+
 class Skopeo:
     def __init__(self, workdir: Path, mirror: Mirrors, *, timeout: float = 120) -> None:
         """mirror: "127.0.0.1:PORT" for docker.io and ghcr.io, or a dict
@@ -59,11 +71,7 @@ class Skopeo:
         self.mirror = self.mirrors.get("docker.io") or next(iter(self.mirrors.values()))
         self.timeout = timeout
         self.etc = workdir / "etc-containers"
-        (self.etc / "registries.d").mkdir(parents=True, exist_ok=True)
-        (self.etc / "registries.conf.d").mkdir(exist_ok=True)
-        (self.etc / "policy.json").write_text(json.dumps(POLICY))
-        self.registries_conf = self.etc / "registries.conf"
-        self.registries_conf.write_text(mirror_registries_conf(self.mirrors))
+        self.registries_conf = write_etc_containers(self.etc, self.mirrors)
         self.authfile = workdir / "auth.json"
         self.authfile.write_text('{"auths": {}}')
         self.env = client_env(workdir / "home", REGISTRY_AUTH_FILE=str(self.authfile),

@@ -11,7 +11,7 @@ plain-HTTP "127.0.0.1:PORT" (an "http://..." URL is accepted too) used for
 docker.io and ghcr.io; Skopeo, Podman and Containerd also take a dict
 registry -> host:port. skopeo and podman send no ?ns=, so against a regcache
 they need one listener per registry:
-    Skopeo(wd, {"docker.io": rc.host, "ghcr.io": f"127.0.0.1:{rc.ports[1]}"})
+    Skopeo(wd, {"docker.io": rc.host, "ghcr.io": rc.hosts[1]})
 containerd sends ?ns=<registry>, so one port serves both. Every
 client gets HTTP(S)_PROXY=http://127.0.0.1:9 and NO_PROXY=127.0.0.1,localhost:
 a fallback to the real Docker Hub / ghcr.io fails locally at once.

@@ -56,16 +56,10 @@ class Layer:
         return sha256(self.blob)
 
 
-@dataclass(frozen=True, eq=False)
-class Image:
-    """One platform image: its manifest bytes plus every blob it references."""
+class _Manifest:
+    """What Image and Index share: a manifest's bytes give its digest and size."""
 
-    manifest: bytes
-    media_type: str
-    blobs: dict[str, bytes]               # digest -> bytes, config and layers
-    platform: dict[str, str]              # {"os", "architecture"[, "variant"]}
-    config_digest: str
-    layer_digests: tuple[str, ...]
+    manifest: bytes  # a dataclass field in each subclass
 
     @property
     def digest(self) -> str:
@@ -74,6 +68,30 @@ class Image:
     @property
     def size(self) -> int:
         return len(self.manifest)
+
+    @property
+    def manifests(self) -> tuple[Image, ...]:
+        raise NotImplementedError
+
+    @property
+    def content_digests(self) -> set[str]:
+        """Every digest a full pull (all platforms) yields: manifests, configs, layers."""
+        out = {self.digest}
+        for image in self.manifests:
+            out |= {image.digest, image.config_digest, *image.layer_digests}
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class Image(_Manifest):
+    """One platform image: its manifest bytes plus every blob it references."""
+
+    manifest: bytes
+    media_type: str
+    blobs: dict[str, bytes]               # digest -> bytes, config and layers
+    platform: dict[str, str]              # {"os", "architecture"[, "variant"]}
+    config_digest: str
+    layer_digests: tuple[str, ...]
 
     @property
     def config(self) -> bytes:
@@ -90,20 +108,12 @@ class Image:
 
 
 @dataclass(frozen=True, eq=False)
-class Index:
+class Index(_Manifest):
     """A multi-platform image: index (or Docker manifest list) bytes plus its children."""
 
     manifest: bytes
     media_type: str
     images: tuple[Image, ...] = field(default=())
-
-    @property
-    def digest(self) -> str:
-        return sha256(self.manifest)
-
-    @property
-    def size(self) -> int:
-        return len(self.manifest)
 
     @property
     def blobs(self) -> dict[str, bytes]:

@@ -3,7 +3,7 @@ real process: real clients, crash and SIGTERM tests, peak RSS under load.
 
     with RegcacheProcess(tmp_path, upstreams=[hub.config_entry()]) as rc:      # sync tests
         rc.url            # http://127.0.0.1:PORT (first listener)
-        rc.ports          # every listener's port
+        rc.ports          # every listener's port (rc.hosts: as host:port)
         rc.kill()         # SIGKILL, for crash tests; rc.start() again afterwards
 
     async with RegcacheProcess(tmp_path, upstreams=[upstream_entry(fake.base_url)]) as rc:
@@ -84,7 +84,12 @@ class RegcacheProcess:
     @property
     def host(self) -> str:
         """host:port of the first listener, as clients write a mirror."""
-        return f"{LOOPBACK}:{self.ports[0]}"
+        return self.hosts[0]
+
+    @property
+    def hosts(self) -> list[str]:
+        """host:port of every listener."""
+        return [f"{LOOPBACK}:{port}" for port in self.ports]
 
     @property
     def pid(self) -> int:
