@@ -8,12 +8,9 @@
   (benchmarks, and the `registry:2` proxy-mode baseline).
 - regcache_hub_ghcr: a running `regcache serve` subprocess with Docker Hub (hub_upstream)
   as the default of its first port and ghcr.io (ghcr_upstream) of its second.
-- loopback_env: environment for real clients that can never reach the internet.
 """
 
 from __future__ import annotations
-
-import os
 
 import pytest
 
@@ -77,13 +74,3 @@ def regcache_hub_ghcr(tmp_path, hub_upstream, ghcr_upstream):
                            listeners=["docker.io", "ghcr.io"])
     with proc:
         yield proc
-
-
-@pytest.fixture
-def loopback_env() -> dict[str, str]:
-    """os.environ with proxies that make any non-loopback request fail at once."""
-    env = dict(os.environ)
-    for key in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-        env[key] = "http://127.0.0.1:9"
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    return env

@@ -18,6 +18,8 @@ import tarfile
 import aiohttp
 import pytest
 
+from tests.support.client_proc import ClientError
+from tests.support.client_skopeo import Skopeo
 from tests.support.images import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 
 ACCEPT_ALL = ", ".join([OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST])
@@ -302,38 +304,36 @@ async def test_plain_upstream_has_no_auth_and_serves_blobs_itself(plain_upstream
 
 
 # -- real tools --------------------------------------------------------------------------
-
-def skopeo(*args: str, env: dict[str, str]) -> bytes:
-    return subprocess.run(["skopeo", *args], check=True, capture_output=True, env=env,
-                          timeout=120).stdout
-
+# skopeo runs through the isolated harness (own /etc/containers, tmpfs over /var/lib so its
+# blob-info cache never lands on the host, own HOME and auth file, dead proxies).
 
 @pytest.mark.parametrize("ref", ["library/multi:latest", "library/multioci:latest",
                                  "library/layers:latest", "library/hello:latest"])
-def test_skopeo_reads_the_seeded_images(hub_upstream, loopback_env, ref):
-    raw = skopeo("inspect", "--raw", "--tls-verify=false",
-                 f"docker://{hub_upstream.host}/{ref}", env=loopback_env)
+async def test_skopeo_reads_the_seeded_images(hub_upstream, tmp_path, ref):
+    sk = Skopeo(tmp_path / "skopeo", mirror=hub_upstream.host)
+    raw = await sk.inspect_raw(sk.direct_ref(ref))
     assert raw == hub_upstream.image(ref).manifest
     # Anonymous token dance, no credentials sent.
     assert hub_upstream.token_requests() and not any(
         t.credentials for t in hub_upstream.token_requests())
 
 
-def test_skopeo_uses_credentials_for_ghcr_private(ghcr_upstream, loopback_env):
-    ref = f"docker://{ghcr_upstream.host}/private/app:1"
-    with pytest.raises(subprocess.CalledProcessError):
-        skopeo("inspect", "--raw", "--tls-verify=false", ref, env=loopback_env)
-    raw = skopeo("inspect", "--raw", "--tls-verify=false", "--creds",
-                 f"{ghcr_upstream.username}:{ghcr_upstream.password}", ref, env=loopback_env)
-    assert raw == ghcr_upstream.image("private/app:1").manifest
+async def test_skopeo_uses_credentials_for_ghcr_private(ghcr_upstream, tmp_path):
+    sk = Skopeo(tmp_path / "skopeo", mirror=ghcr_upstream.host)
+    ref = sk.direct_ref("private/app:1")
+    with pytest.raises(ClientError):
+        await sk.inspect_raw(ref)
+    creds = f"{ghcr_upstream.username}:{ghcr_upstream.password}"
+    result = await sk.skopeo("inspect", "--raw", "--retry-times", "0", "--tls-verify=false",
+                             "--creds", creds, ref)
+    assert result.stdout.encode() == ghcr_upstream.image("private/app:1").manifest
     assert ghcr_upstream.token_requests()[-1].basic_auth
 
 
-def test_skopeo_copies_every_platform_through_the_cdn(hub_upstream, loopback_env, tmp_path):
+async def test_skopeo_copies_every_platform_through_the_cdn(hub_upstream, tmp_path):
     index = hub_upstream.image("library/multi:latest")
-    skopeo("copy", "--all", "--src-tls-verify=false",
-           f"docker://{hub_upstream.host}/library/multi:latest", f"dir:{tmp_path}/out",
-           env=loopback_env)
+    sk = Skopeo(tmp_path / "skopeo", mirror=hub_upstream.host)
+    await sk.copy_to_dir(sk.direct_ref("library/multi:latest"), tmp_path / "out", all_=True)
     # dir: keeps every manifest and blob byte for byte (oci: would convert the configs).
     copied = {p.name for p in (tmp_path / "out").iterdir()}
     assert {d.split(":")[1] for d in index.blobs} <= copied
