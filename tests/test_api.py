@@ -137,8 +137,10 @@ async def test_blob_ranges_on_hit_and_miss(regcache, fake, header, status, conte
         else:
             assert (await resp.json())["errors"][0]["code"] == "RANGE_INVALID"
         if attempt == "miss" and status == 416:
-            # the blob was filled anyway by the size lookup; make sure it is whole
-            await (await regcache.get(f"/v2/library/x/blobs/{digest}")).read()
+            # the blob was filled anyway by the size lookup, and is whole
+            assert await (await regcache.get(f"/v2/library/x/blobs/{digest}")).read() == data
+    # one upstream fetch: the second round was served from the store
+    assert fake.count("GET", f"/blobs/{digest}") == 1
 
 
 async def test_manifest_headers_exact(regcache, fake):

@@ -61,14 +61,6 @@ def imgs(mirror: RealUpstream) -> SimpleNamespace:
     )
 
 
-def all_digests(image) -> set[str]:
-    """Every manifest and blob digest of an image or index."""
-    out = {image.digest} | set(image.blobs)
-    for m in image.manifests:
-        out.add(m.digest)
-    return out
-
-
 def manifest_requests(rec: RecordingProxy):
     return [r for r in rec.requests if "/manifests/" in r.path]
 
@@ -101,7 +93,7 @@ async def test_skopeo_copy_all_to_dir_direct(rec, imgs, tmp_path):
     sk = Skopeo(tmp_path / "sk", rec.host)
     res = await sk.copy_to_dir(sk.direct_ref("library/multi:latest"), tmp_path / "out")
     assert res.digest == imgs.multi.digest
-    assert res.content == all_digests(imgs.multi)
+    assert res.content == imgs.multi.content_digests
     # c/image: /v2/ ping, GET (not HEAD) by tag, one Accept line per type, no ns.
     assert rec.requests[0].path == "/v2/"
     tag_req = next(r for r in rec.requests if r.path.endswith("/manifests/latest"))
@@ -115,7 +107,7 @@ async def test_skopeo_mirror_mode_docker_io_and_ghcr(rec, imgs, tmp_path):
     res = await sk.copy_to_oci("docker://docker.io/library/multioci:latest",
                                tmp_path / "oci", "t")
     assert res.digest == imgs.multioci.digest  # OCI source: copied verbatim
-    assert res.content == all_digests(imgs.multioci)
+    assert res.content == imgs.multioci.content_digests
     assert await sk.inspect_digest("docker://ghcr.io/org/app:v1") == imgs.app.digest
     # unqualified name: docker.io/library/ via registries.conf
     assert await sk.inspect_digest("docker://hello") == imgs.hello.digest
@@ -144,7 +136,7 @@ async def test_skopeo_single_platform_and_override_arch(rec, imgs, tmp_path):
     assert amd.digest == imgs.multioci.platform("linux/amd64").digest
     arm = await sk.copy_to_dir(ref, tmp_path / "b", all_=False, override_arch="arm64")
     arm64 = imgs.multioci.platform("linux/arm64")
-    assert arm.digest == arm64.digest and arm.content == all_digests(arm64)
+    assert arm.digest == arm64.digest and arm.content == arm64.content_digests
     assert await sk.list_tags(sk.direct_ref("library/multioci")) == ["latest"]
 
 
@@ -160,7 +152,7 @@ async def test_containerd_pulls_docker_io_and_ghcr_through_one_mirror_port(rec, 
         assert ghcr.image_id == ghcr_amd.config_digest
         # The index and the amd64 image of each, not the arm64 one.
         expected = {imgs.multi.digest, imgs.gmulti.digest,
-                    *all_digests(hub_amd), *all_digests(ghcr_amd)}
+                    *hub_amd.content_digests, *ghcr_amd.content_digests}
         assert ghcr.content == expected
         assert len(await ctd.snapshots()) == 3  # unpacked: busybox + two /etc layers
     # containerd: every request carries ns=<registry of the reference>, one
@@ -179,7 +171,7 @@ async def test_containerd_runs_pulled_image(rec, imgs, tmp_path):
         res = await ctd.pull("docker.io/library/hello:latest")
         assert res.digest == imgs.hello.digest
         assert res.image_id == imgs.hello.config_digest
-        assert res.content == all_digests(imgs.hello)
+        assert res.content == imgs.hello.content_digests
         assert await ctd.run("docker.io/library/hello:latest",
                              "/bin/echo", "hi from ctr") == "hi from ctr\n"
 
@@ -242,6 +234,6 @@ async def test_podman_pulls_through_mirror_and_runs_image(rec, imgs, tmp_path):
         assert r.method == "GET" and len(r.accept) > 1, r
     assert all("ns" not in r.query for r in rec.requests)
     # Only the amd64 child of the index was fetched.
-    arm_only = (all_digests(imgs.multioci.platform("linux/arm64"))
-                - all_digests(imgs.multioci.platform("linux/amd64")))
+    arm_only = (imgs.multioci.platform("linux/arm64").content_digests
+                - imgs.multioci.platform("linux/amd64").content_digests)
     assert arm_only and not any(d in r.path for r in rec.requests for d in arm_only)

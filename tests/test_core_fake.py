@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 from tests.fakes.fixtures import fake, regcache  # noqa: F401  (fixtures)

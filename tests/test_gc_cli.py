@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
 import json
 import os
 import subprocess
@@ -203,10 +204,28 @@ async def test_gc_while_8_clients_pull(hub_upstream, tmp_path):
     assert final["removed_total"]["objects"] == 0 and final["target_reached"]
 
 
+def identity(path: Path) -> tuple[int, int] | None:
+    """Inode and mtime: a file removed and written again (or touched) differs; None once gone."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def stored_digest(path: Path) -> str:
+    """What a stored blob or manifest hashes to (a manifest file starts with its media type line)."""
+    data = path.read_bytes()
+    if "/manifests/" in str(path):
+        data = data.split(b"\n", 1)[1]
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 async def gc_run_checked(store: FsStore, config: Path, quiet: bool = False) -> dict:
     """Run `regcache gc --json --list` and check it against the store before and after:
     it removed only what was there before and what it lists, and its numbers add up."""
     before = stored_files(store)
+    seen = {path: identity(path) for path in before}
     run = await asyncio.to_thread(regcache_gc, config, "--json", "--list")
     after = stored_files(store)
     assert run.returncode == 0, run.stderr
@@ -215,8 +234,10 @@ async def gc_run_checked(store: FsStore, config: Path, quiet: bool = False) -> d
     assert set(listed) <= set(before)                       # nothing it had not seen
     assert all(before[p] == i["bytes"] for p, i in listed.items())
     assert set(before) - set(after) <= set(listed)          # nothing else went
-    for path in set(listed) & set(after):                   # back already: a client fetched it again
-        assert "/tags/" in str(path) or "/blobs/" in str(path) or "/manifests/" in str(path)
+    for path in set(listed) & set(after):                   # back already: a client fetched it again,
+        assert identity(path) != seen[path], f"{path} listed as removed but never left"
+        if listed[path]["kind"] != "tag":                   # and what came back is whole
+            assert stored_digest(path) == listed[path]["name"], path
     scanned = sum(t["bytes"] for k, t in report["scanned"].items() if k != "tag")
     assert scanned == report["content_bytes_before"]
     removed_content = sum(i["bytes"] for i in listed.values() if i["kind"] != "tag")

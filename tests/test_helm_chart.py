@@ -119,7 +119,9 @@ def test_pods_mount_a_config_regcache_accepts(fixture, request, tmp_path):
     """Every mirror's config loads, and the pod wires port, data volume and config path to it."""
     objects = request.getfixturevalue(fixture)
     services = by_name(objects, "Service")
-    for name, deploy in by_name(objects, "Deployment").items():
+    deployments = by_name(objects, "Deployment")
+    assert deployments
+    for name, deploy in deployments.items():
         container = pod_spec(deploy)["containers"][0]
         environ = {}
         for env in container.get("env", []):
@@ -144,7 +146,9 @@ def test_pods_mount_a_config_regcache_accepts(fixture, request, tmp_path):
 
 
 def test_deployment_shape(default_objects):
-    for deploy in find(default_objects, "Deployment"):
+    deployments = find(default_objects, "Deployment")
+    assert deployments
+    for deploy in deployments:
         spec = deploy["spec"]
         assert spec["replicas"] == 1
         assert spec["strategy"] == {"type": "Recreate"}  # RWO volume: never two pods at once
@@ -164,7 +168,7 @@ def test_deployment_shape(default_objects):
         assert container["resources"]["requests"] and container["resources"]["limits"]
         # The Service selects exactly this Deployment's pods.
         svc = by_name(default_objects, "Service")[deploy["metadata"]["name"]]
-        labels = pod_spec and deploy["spec"]["template"]["metadata"]["labels"]
+        labels = deploy["spec"]["template"]["metadata"]["labels"]
         assert svc["spec"]["selector"].items() <= labels.items()
         assert deploy["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
 
@@ -172,7 +176,9 @@ def test_deployment_shape(default_objects):
 def test_no_service_link_variables(default_objects):
     """The kubelet would give every pod REGCACHE_DOCKERHUB_PORT=tcp://... for the Service
     regcache-dockerhub, and regcache reads REGCACHE_* variables as settings."""
-    for obj in find(default_objects, "Deployment") + find(default_objects, "CronJob"):
+    pods = find(default_objects, "Deployment") + find(default_objects, "CronJob")
+    assert {o["kind"] for o in pods} == {"Deployment", "CronJob"}
+    for obj in pods:
         assert pod_spec(obj)["enableServiceLinks"] is False
 
 
@@ -184,6 +190,7 @@ def test_gc_cronjob_reaches_its_volume(fixture, request):
     deployments = by_name(objects, "Deployment")
     claims = by_name(objects, "PersistentVolumeClaim")
     cronjobs = by_name(objects, "CronJob")
+    assert cronjobs
     for name, deploy in deployments.items():
         server_pod = pod_spec(deploy)
         data = next(v for v in server_pod["volumes"] if v["name"] == "data")
@@ -383,7 +390,9 @@ def arc_regcache_objects() -> list[dict]:
 
 
 def test_arc_regcache_values_render(arc_regcache_objects):
-    helm("lint", "--strict", str(CHART), *values_args([ARC / "regcache-values.yaml"]))
+    out = helm("lint", "--strict", str(CHART), *values_args([ARC / "regcache-values.yaml"]))
+    assert "0 chart(s) failed" in out.stdout
+    assert by_name(arc_regcache_objects, "Deployment")  # something rendered to validate
     for obj in arc_regcache_objects:
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 
