@@ -140,6 +140,12 @@ async def test_json_access_lines_and_joined_clients(fake, tmp_path):
             second = await client.get(f"/v2/library/slow/blobs/{digest}")
             assert await second.read() == data
             assert await (await first).read() == data
+            # A line is written when its response has ended, which the server sees a moment
+            # after the client has the last byte (the body is sent from a thread).
+            for _ in range(200):
+                if len(out.getvalue().splitlines()) >= 2:
+                    break
+                await asyncio.sleep(0.01)
         entries = [json.loads(line) for line in out.getvalue().splitlines()]
     finally:
         await client.close()

@@ -1,22 +1,25 @@
-"""Send a byte range of a stored blob to a client socket from a worker thread.
+"""Write blob bodies to a client's socket from worker threads, not from the event loop.
 
-Why: regcache runs on uvloop, which has no `loop.sendfile()`, so aiohttp's `FileResponse`
-falls back to 256 KiB reads in the default executor (6 threads on 2 cores) and a write
-from the event loop per chunk: half of nginx's speed for cache hits (docs/benchmarks.md).
-Here one thread per response copies the whole range with blocking-style syscalls on the
-connection's non-blocking socket, waiting for writability with poll(): no event-loop work
-per chunk, and two responses use both cores.
+Why: the event loop is one thread. Copying a blob into the socket from it (aiohttp's
+`FileResponse` fallback under uvloop, which has no `loop.sendfile()`, or `write()` of each
+chunk of a fill) makes every byte of every client pass through that one core: half of
+nginx's speed for hits, and eight cold clients of one blob queue behind each other
+(docs/benchmarks.md). Here a worker thread copies a file range (hits) or a list of
+in-memory chunks (a running fill) with plain syscalls on the connection's non-blocking
+socket, waiting for writability with poll(); the event loop only hands over the work.
 
 Rules that keep it safe:
 - The caller has sent the response headers and the transport's write buffer is empty;
-  nothing else writes to the connection until `send_range` returns (aiohttp handles one
-  request at a time per connection, and the handler awaits us).
-- The thread works on duplicates of the socket and file descriptors, so it never writes
-  to a descriptor number the loop has closed and reused for another connection.
+  nothing else writes to the connection until the response ends (aiohttp handles one
+  request at a time per connection, and the handler awaits every send).
+- The threads work on duplicates of the socket and file descriptors, so they never write
+  to a descriptor number the loop has closed and reused for another connection. The
+  socket duplicate is closed before the caller aborts a connection (else the client would
+  not see it drop).
 - A cancelled request sets a stop flag that the thread checks at least every
-  POLL_SECONDS; it then closes its duplicates and ends.
-- At most MAX_SENDERS threads; beyond that the caller uses the event-loop path, so a crowd
-  of stalled clients cannot hold every thread.
+  POLL_SECONDS; the duplicate is closed when the thread is done with it.
+- At most MAX_SENDERS responses use threads at a time; beyond that the caller stays on
+  the event loop, so a crowd of stalled clients cannot hold every thread.
 """
 
 from __future__ import annotations
@@ -25,90 +28,151 @@ import asyncio
 import os
 import select
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
-# pread/write in 1 MiB pieces through one reused per-thread buffer: as fast as os.sendfile()
-# for regcache's hits in the bench and steadier (one loopback sendfile stream is bimodal on
-# these VMs, perf-notes.md); 256 KiB and 4 MiB measured no better.
+# Hits: pread/write in 1 MiB pieces through one reused per-thread buffer: as fast as
+# os.sendfile() for regcache's hits in the bench and steadier (one loopback sendfile stream
+# is bimodal on these VMs, perf-notes.md); 256 KiB and 4 MiB measured no better.
 CHUNK = 1024 * 1024
 # Two cores are saturated by a few senders; the cap bounds the threads (and their 1 MiB
 # buffers, 16 MiB at most) that stalled clients can hold.
 MAX_SENDERS = 16
 POLL_SECONDS = 0.25
+FIRST_WRITE_BYTES = 256 * 1024
 
 _pool: ThreadPoolExecutor | None = None
 _active = 0
 _local = threading.local()
 
 
-def available() -> bool:
-    """Is a sender thread free (checked on the event loop, before `send_range`)?"""
-    return _active < MAX_SENDERS
+class Sender:
+    """One response's body writer; `open_sender` gives one when a thread may be used."""
 
+    def __init__(self, transport: asyncio.Transport) -> None:
+        global _pool, _active
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            raise ConnectionResetError("connection lost")
+        if _pool is None:
+            _pool = ThreadPoolExecutor(MAX_SENDERS, thread_name_prefix="regcache-send")
+        self._pool = _pool
+        self._fd = os.dup(sock.fileno())
+        self._stop = threading.Event()
+        self._job: Future[None] | None = None
+        self._closed = False
+        self._first = True
+        _active += 1
 
-async def send_range(transport: asyncio.BaseTransport, file_fd: int, offset: int, count: int) -> None:
-    """Copy `count` bytes of `file_fd` from `offset` to the transport's socket.
+    async def send_file(self, file_fd: int, offset: int, count: int) -> None:
+        """Copy `count` bytes of `file_fd` from `offset`; ConnectionResetError if the
+        client goes away (or the file is shorter than announced)."""
+        file_fd = os.dup(file_fd)  # the caller closes its file when we return, even on cancel
+        try:
+            job = self._pool.submit(_send_file, self._fd, file_fd, offset, count, self._stop)
+        except BaseException:
+            os.close(file_fd)
+            raise
+        await self._run(job)
 
-    Raises ConnectionResetError if the client goes away (or the file is shorter than
-    announced, after which the connection cannot be used either).
-    """
-    global _pool, _active
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        raise ConnectionResetError("connection lost")
-    if _pool is None:
-        _pool = ThreadPoolExecutor(MAX_SENDERS, thread_name_prefix="regcache-send")
-    sock_fd = os.dup(sock.fileno())
-    try:
-        file_fd = os.dup(file_fd)
-    except OSError:
-        os.close(sock_fd)
-        raise
-    stop = threading.Event()
-    _active += 1
-    try:
-        await asyncio.get_running_loop().run_in_executor(
-            _pool, _send_blocking, sock_fd, file_fd, offset, count, stop)
-    finally:
+    async def send_chunks(self, chunks: list[bytes]) -> None:
+        """Write the chunks in order; ConnectionResetError if the client goes away."""
+        if self._first:
+            # The response's first bytes go out from the event loop, as far as the socket
+            # takes them without waiting: waking a sender thread first costs milliseconds
+            # on these VMs when it idles (time to first byte on a cold miss).
+            self._first = False
+            chunks = _write_now(self._fd, chunks, FIRST_WRITE_BYTES)
+            if not chunks:
+                return
+        await self._run(self._pool.submit(_send_chunks, self._fd, chunks, self._stop))
+
+    async def _run(self, job: Future[None]) -> None:
+        self._job = job
+        await asyncio.wrap_future(job)
+
+    def close(self) -> None:
+        """Stop any running send and release the socket duplicate (once the thread is
+        done with it)."""
+        global _active
+        if self._closed:
+            return
+        self._closed = True
         _active -= 1
-        stop.set()  # on cancellation: the thread stops at its next check
+        self._stop.set()
+        fd = self._fd
+        if self._job is not None and not self._job.done():
+            self._job.add_done_callback(lambda _: os.close(fd))
+        else:
+            os.close(fd)
 
 
-def _send_blocking(sock_fd: int, file_fd: int, offset: int, count: int, stop: threading.Event) -> None:
-    """The thread's part; it owns (and closes) both descriptors."""
-    try:
-        poller = select.poll()
-        poller.register(sock_fd, select.POLLOUT)
-        _copy_loop(sock_fd, file_fd, offset, count, stop, poller)
-    except (BrokenPipeError, ConnectionError) as exc:
-        raise ConnectionResetError(f"client went away: {exc}") from None
-    finally:
-        os.close(sock_fd)
-        os.close(file_fd)
+def open_sender(transport: asyncio.Transport) -> Sender | None:
+    """A thread sender for this response, or None: stay on the event loop when bytes are
+    still queued in the transport (a thread must not write past them) or every sender is
+    busy."""
+    if _active >= MAX_SENDERS or transport.get_write_buffer_size():
+        return None
+    return Sender(transport)
 
 
-def _wait_writable(sock_fd: int, stop: threading.Event, poller: select.poll) -> None:
-    while not poller.poll(POLL_SECONDS * 1000):
-        if stop.is_set():
-            raise ConnectionResetError("request cancelled")
-    if stop.is_set():
-        raise ConnectionResetError("request cancelled")
-
-
-def _copy_loop(sock_fd: int, file_fd: int, offset: int, count: int, stop: threading.Event,
-               poller: select.poll) -> None:
+# -- the threads' part ---------------------------------------------------------------------
+def _send_file(sock_fd: int, file_fd: int, offset: int, count: int, stop: threading.Event) -> None:
+    """Copy a file range to the socket; owns (and closes) `file_fd`."""
     buf = getattr(_local, "buf", None)
     if buf is None:
         buf = _local.buf = memoryview(bytearray(CHUNK))
-    while count > 0:
-        got = os.preadv(file_fd, [buf[:min(count, CHUNK)]], offset)
-        if got == 0:
-            raise ConnectionResetError("file shorter than announced")
-        pos = 0
-        while pos < got:
+    try:
+        poller = _poller(sock_fd)
+        while count > 0:
+            got = os.preadv(file_fd, [buf[:min(count, CHUNK)]], offset)
+            if got == 0:
+                raise ConnectionResetError("file shorter than announced")
+            _write_all(sock_fd, buf[:got], stop, poller)
+            offset += got
+            count -= got
+    finally:
+        os.close(file_fd)
+
+
+def _send_chunks(sock_fd: int, chunks: list[bytes], stop: threading.Event) -> None:
+    poller = _poller(sock_fd)
+    for chunk in chunks:
+        _write_all(sock_fd, memoryview(chunk), stop, poller)
+
+
+def _write_now(sock_fd: int, chunks: list[bytes], limit: int) -> list[bytes]:
+    """Write what the socket takes at once, at most `limit` bytes (non-blocking; on the
+    event loop); returns what is left, the first chunk as a slice of what it was."""
+    for i, chunk in enumerate(chunks):
+        if limit <= 0:
+            return chunks[i:]
+        try:
+            sent = os.write(sock_fd, memoryview(chunk)[:limit])
+        except BlockingIOError:
+            sent = 0
+        except (BrokenPipeError, ConnectionError) as exc:
+            raise ConnectionResetError(f"client went away: {exc}") from None
+        limit -= sent
+        if sent < len(chunk):
+            return [memoryview(chunk)[sent:], *chunks[i + 1:]]  # type: ignore[list-item]
+    return []
+
+
+def _poller(sock_fd: int) -> select.poll:
+    poller = select.poll()
+    poller.register(sock_fd, select.POLLOUT)
+    return poller
+
+
+def _write_all(sock_fd: int, data: memoryview, stop: threading.Event, poller: select.poll) -> None:
+    pos, size = 0, len(data)
+    try:
+        while pos < size:
+            if stop.is_set():
+                raise ConnectionResetError("request cancelled")
             try:
-                pos += os.write(sock_fd, buf[pos:got])
+                pos += os.write(sock_fd, data[pos:])
             except BlockingIOError:
-                _wait_writable(sock_fd, stop, poller)
-        offset += got
-        count -= got
+                poller.poll(POLL_SECONDS * 1000)
+    except (BrokenPipeError, ConnectionError) as exc:
+        raise ConnectionResetError(f"client went away: {exc}") from None

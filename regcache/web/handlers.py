@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from contextlib import aclosing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlencode
 
@@ -19,7 +18,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from regcache.errors import RegistryError
-from regcache.fill import FillAborted
+from regcache.fill import FileRange, FillAborted
 from regcache.mediatypes import OCI_INDEX, parse_accept
 from regcache.metrics import Metrics
 from regcache.proxy import LocalBlob, ManifestAnswer, PullThroughCache, RemoteBlob
@@ -114,9 +113,6 @@ class BlobFileResponse(web.FileResponse):
     (uvloop has no loop.sendfile); made safe to prepare twice: the middleware sends
     responses itself to log their real size."""
 
-    def __init__(self, path: Path, headers: dict[str, str]) -> None:
-        super().__init__(path, chunk_size=filesend.CHUNK, headers=headers)
-
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         if self.prepared:
             return None
@@ -131,15 +127,17 @@ class BlobFileResponse(web.FileResponse):
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("connection lost")
-        if transport.get_write_buffer_size() or not filesend.available():
-            # Something is still queued on the loop's side (or every sender thread is
-            # busy): the thread must not write past it, so stay on the event loop.
+        sender = filesend.open_sender(transport)
+        if sender is None:
             return await self._sendfile_fallback(writer, fobj, offset, count)
         try:
-            await filesend.send_range(transport, fobj.fileno(), offset, count)
+            await sender.send_file(fobj.fileno(), offset, count)
         except ConnectionResetError:
+            sender.close()
             transport.abort()  # part of the body is out: the connection is unusable
             raise
+        finally:
+            sender.close()
         await web.StreamResponse.write_eof(self)
         return writer
 
@@ -157,17 +155,34 @@ async def _stream_blob(request: web.Request, found: RemoteBlob, byte_range: tupl
         await response.write_eof()
         return response
     request["streaming"] = True
+    transport = request.transport
+    sender = filesend.open_sender(transport) if transport is not None else None
     try:
         # aclosing: a client that goes away (write raises) leaves the fill's subscriber list
         # at once, not when the generator is garbage collected; the fill itself goes on.
-        async with aclosing(found.fill.stream(start, end)) as pieces:
-            async for piece in pieces:
-                await response.write(piece)
-    except FillAborted:
-        # Never end a short or unverified blob cleanly: drop the connection instead.
+        async with aclosing(found.fill.stream(start, end, file_ranges=sender is not None)) as batches:
+            async for batch in batches:
+                if isinstance(batch, FileRange):
+                    assert sender is not None
+                    await sender.send_file(batch.fd, batch.offset, batch.length)
+                elif sender is not None:
+                    await sender.send_chunks(batch)
+                else:
+                    for chunk in batch:
+                        await response.write(chunk)
+    except (FillAborted, ConnectionResetError) as exc:
+        # Never end a short or unverified blob cleanly: drop the connection instead (the
+        # sender's socket duplicate first, or the socket would stay open).
+        if sender is not None:
+            sender.close()
         if request.transport is not None:
             request.transport.abort()
-        raise ConnectionResetError("upstream fill failed; connection dropped") from None
+        if isinstance(exc, FillAborted):
+            raise ConnectionResetError("upstream fill failed; connection dropped") from None
+        raise
+    finally:
+        if sender is not None:
+            sender.close()
     await response.write_eof()
     return response
 
