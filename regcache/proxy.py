@@ -281,9 +281,9 @@ class PullThroughCache:
         return RemoteBlob(size, fill, "MISS")
 
     def _start_fill(self, client: UpstreamClient, repo: str, digest: Digest) -> BlobFill:
-        writer = self._new_writer(digest) if self._storing_allowed() else None
-        fill = BlobFill(digest, writer, self._fill_finished)
-        if writer is not None or str(digest) not in self.fills:
+        storing = self._storing_allowed()
+        fill = BlobFill(digest, (lambda: self._new_writer(digest)) if storing else None, self._fill_finished)
+        if storing or str(digest) not in self.fills:
             self.fills[str(digest)] = fill
         fill.start(lambda: client.open_blob(repo, str(digest)), self.cache.fill_timeout)
         return fill
@@ -298,7 +298,8 @@ class PullThroughCache:
         return fill if fill is not None and fill.committed_path is not None else None
 
     def _new_writer(self, digest: Digest) -> BlobWriter | None:
-        """A temp file for the fill, or None (serve without storing) if it cannot be created."""
+        """A temp file for the fill, or None (serve without storing) if it cannot be created
+        (blocking: the fill calls it in a worker thread)."""
         try:
             return self.store.new_blob_writer(digest)
         except OSError as exc:
