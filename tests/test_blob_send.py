@@ -8,11 +8,14 @@ upstream fetches are counted from the upstream's own log.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import os
 
 import pytest
 
 from regcache.web.filesend import MAX_SENDERS
+from tests.fakes.fixtures import fake, regcache_factory  # noqa: F401  (fixtures)
 from tests.fakes.rawhttp import raw_get
 from tests.support.images import build_image, random_layer
 from tests.support.regcache_proc import RegcacheProcess
@@ -88,3 +91,25 @@ async def test_many_cold_clients_at_once(hub_upstream, layers, tmp_path):
         for response in responses:
             assert response.status == 200 and response.complete and response.sha256 == sha(data)
     assert hub_upstream.blob_fetches(digest) == 1
+
+
+async def test_hits_where_the_filesystem_refuses_sendfile(fake, regcache_factory, monkeypatch):
+    """Some filesystems answer sendfile() with EINVAL: the sender copies with pread/write."""
+    data = os.urandom(5 * MiB + 123)
+    digest = fake.add_blob(data)
+    rc = await regcache_factory()
+    path = f"/v2/library/nosendfile/blobs/{digest}"
+    assert (await raw_get(rc.port, path)).sha256 == digest  # stored now
+    calls = []
+
+    def refuse(*args):
+        calls.append(args)
+        raise OSError(errno.EINVAL, "sendfile not supported here")
+
+    monkeypatch.setattr(os, "sendfile", refuse)
+    hit = await raw_get(rc.port, path)
+    assert hit.status == 200 and hit.complete and hit.sha256 == digest
+    part = await raw_get(rc.port, path, {"Range": "bytes=4000000-"}, keep_body=True)
+    assert part.status == 206 and part.body == data[4000000:]
+    assert calls  # the sender did try sendfile first
+    assert fake.count("GET", f"/blobs/{digest}") == 1
