@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import Any, Callable, Coroutine
 
 from regcache import __version__, cli_lifecycle
 from regcache.config import ConfigError, Settings, load_settings
@@ -46,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(settings: Settings) -> int:
+    runner: Callable[[Coroutine[Any, Any, None]], None]
     try:
         import uvloop  # faster event loop; optional
+
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run

@@ -62,19 +62,27 @@ Collector = Callable[["Metrics"], Awaitable[None]]
 
 
 class RemovedLike(Protocol):
-    kind: str
-    bytes: int
-    reason: str
+    @property
+    def kind(self) -> str: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def reason(self) -> str: ...
 
 
 class GcReportLike(Protocol):
     """What `observe_gc` reads from gc.GcReport."""
 
-    dry_run: bool
-    ran: bool
-    duration: float
-    items: Sequence[RemovedLike]
-    errors: Sequence[str]
+    @property
+    def dry_run(self) -> bool: ...
+    @property
+    def ran(self) -> bool: ...
+    @property
+    def duration(self) -> float: ...
+    @property
+    def items(self) -> Sequence[RemovedLike]: ...
+    @property
+    def errors(self) -> Sequence[str]: ...
 
 
 def parse_ratelimit(value: str | None) -> int | None:
@@ -108,7 +116,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry, upstreams: tuple[str, ...],
                  store_max_bytes: int = 0) -> None:
         # No `*_created` series: they would double the series count for no dashboard use.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry
         self.upstreams = upstreams
         self._collectors: list[Collector] = []

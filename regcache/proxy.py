@@ -16,6 +16,7 @@ Freshness policy, stated once here:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -131,16 +132,17 @@ class PullThroughCache:
             # Upstream HEAD without a digest: only a GET can tell (counts as a Hub pull).
             fetched = await self._fetch_manifest(client, repo, tag)
             info = ManifestHead(fetched.digest, fetched.media_type, len(fetched.body))
-        digest = parse_digest(info.digest)
-        await self._observe_revalidation(key, info.digest)
+        head_digest = info.digest or ""  # set on both paths above
+        digest = parse_digest(head_digest)
+        await self._observe_revalidation(key, head_digest)
         stored = await self._load_manifest(digest)
         if stored is not None and not acceptable(stored.media_type, accepted):
             return await self._pass_through(client, repo, tag, accepted)
         if stored is None:
             if head:
                 self._observe("manifest", "miss")
-                return ManifestAnswer(info.digest, info.media_type, info.size or 0, None, "MISS")
-            fetched = await self._fetch_manifest(client, repo, info.digest)
+                return ManifestAnswer(head_digest, info.media_type, info.size or 0, None, "MISS")
+            fetched = await self._fetch_manifest(client, repo, head_digest)
             stored = StoredManifest(fetched.digest, fetched.media_type, fetched.body)
             result = "MISS"
         else:
@@ -312,7 +314,7 @@ class PullThroughCache:
             if fill.committed_path is not None:
                 self._recent[str(fill.digest)] = fill
                 asyncio.get_running_loop().call_later(
-                    RECENT_FILL_SECONDS, lambda key=str(fill.digest): self._recent.pop(key, None))
+                    RECENT_FILL_SECONDS, functools.partial(self._recent.pop, str(fill.digest), None))
         self._observe("fill", "committed" if fill.committed_path else "failed" if fill.error else "uncached")
 
     def _storing_allowed(self) -> bool:

@@ -8,6 +8,7 @@ cancel work others wait for, and strong references keep the task alive until it 
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Awaitable, Callable, Generic, Hashable, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -30,7 +31,7 @@ class SingleFlight(Generic[K, T]):
         if task is None:
             task = asyncio.ensure_future(work())
             self._tasks[key] = task
-            task.add_done_callback(lambda t, k=key: self._forget(k, t))
+            task.add_done_callback(functools.partial(self._forget, key))
         return await asyncio.shield(task)
 
     def _forget(self, key: K, task: asyncio.Task[T]) -> None:
