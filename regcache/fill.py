@@ -130,7 +130,7 @@ class BlobFill:
         self.error: BaseException | None = None
         self.subscribers = 0
         # The temp file is created in a worker thread while the upstream request is on its
-        # way (a file creation on the event loop was ~1 ms of the time to first byte).
+        # way: a file creation is a blocking call, kept off the event loop.
         self._new_writer = new_writer
         self._writer: BlobWriter | None = None
         self._hasher = hashlib.new(digest.algorithm)
